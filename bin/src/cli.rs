@@ -1,0 +1,151 @@
+//! The command line, as clap parses it.
+
+use clap::{Args, Parser, Subcommand};
+use membership_db::io::IoMode;
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  error: bad input or an operational failure (one line on stderr says which)
+  2  usage error
+  3  inspect found corrupt records
+  4  join refused: a daemon already runs on that node
+  5  join fenced itself: it lost the disk or was deposed as master";
+
+/// sdc: a cluster of hosts that share one disk, behaving as one system.
+///
+/// The shared disk (a block device, or a plain file on one host) holds the membership
+/// database: the node table, a heartbeat slot per node, the master claim and the cluster
+/// state. Nothing else is needed for nodes to find each other and elect a master.
+#[derive(Debug, Parser)]
+#[command(name = "sdc", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new, empty membership database on a disk or file.
+    #[command(
+        after_help = "Example:\n  sdc format --disk /var/lib/sdc/disk.img --size 64MiB --cluster prod --max-nodes 8"
+    )]
+    Format(FormatArgs),
+    /// Add, list or remove nodes in the node table.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Decode every region of the disk with its offset and name every corrupt record.
+    #[command(after_help = "Exits 3 when any record is corrupt (every one is listed, with its offset).")]
+    Inspect(ReadArgs),
+    /// Run the node daemon in the foreground: heartbeat and take part in the master claim.
+    #[command(after_help = "\
+SIGTERM or SIGINT marks the node's slot down and exits 0.
+Exit status: 0 stopped cleanly, 1 error, 4 the node is already running elsewhere,
+5 fenced (no heartbeat write for fence-ms, its slot was taken, or deposed as master).")]
+    Join(JoinArgs),
+    /// Show the cluster as the disk records it: master, epoch, nodes and their liveness.
+    Status(ReadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Add a node to the node table.
+    #[command(after_help = "Example:\n  sdc node add --disk disk.img --node 1 --name alpha --address 10.0.0.1")]
+    Add(NodeAddArgs),
+    /// List the node table.
+    List(ReadArgs),
+    /// Remove a node from the node table (refused while it is live).
+    Remove(NodeRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiskArgs {
+    /// The shared disk: a block device or a regular file.
+    #[arg(long, value_name = "PATH")]
+    pub disk: PathBuf,
+    /// I/O back end: direct (O_DIRECT|O_DSYNC; the default for block devices, required when
+    /// hosts share the disk) or mmap (the default for regular files; one host only).
+    #[arg(long = "io", value_name = "direct|mmap", value_parser = parse_io_mode, default_value = "auto", hide_default_value = true)]
+    pub io: IoMode,
+}
+
+fn parse_io_mode(s: &str) -> Result<IoMode, String> {
+    match s {
+        "auto" | "direct" | "mmap" => s.parse(),
+        _ => Err("use direct or mmap".into()),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// Create the file with this size if it does not exist (e.g. 64MiB, 1GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// The cluster's name.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+    /// Node slots to reserve (node ids 1 to N).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_nodes: u16,
+    /// Heartbeat interval.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub heartbeat_ms: u32,
+    /// A node whose heartbeat has been still this long is dead.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub dead_ms: u32,
+    /// A node that cannot write its heartbeat this long fences itself (must be below dead-ms
+    /// by one heartbeat plus 100 ms).
+    #[arg(long, value_name = "MS", default_value_t = 600)]
+    pub fence_ms: u32,
+    /// Overwrite an existing cluster (refused while any node is live).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeAddArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// Node id, from 1 to the cluster's max nodes.
+    #[arg(long, value_name = "ID")]
+    pub node: u16,
+    /// A unique name (letters, digits, '-', '_', '.').
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// This node never becomes master.
+    #[arg(long)]
+    pub no_master_eligible: bool,
+    /// Free-text address (host name, IP address), for operators.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRemoveArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// Node id to remove.
+    #[arg(long, value_name = "ID")]
+    pub node: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// This node's id in the node table.
+    #[arg(long, value_name = "ID")]
+    pub node: u16,
+}

@@ -1,0 +1,88 @@
+//! `sdc`: the shared-disk cluster command-line program.
+//!
+//! Arguments are parsed by clap into [`cli::Cli`], each command lives in its own module, and
+//! every error reaches the user as one line on stderr with an exit status from [`exit`].
+
+mod cli;
+mod cmd_format;
+mod cmd_inspect;
+mod cmd_join;
+mod cmd_node;
+mod cmd_status;
+mod util;
+
+use clap::Parser;
+
+/// Exit statuses, documented in `sdc --help`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Bad input or an operational error; the message says which.
+    pub const ERROR: i32 = 1;
+    /// Command-line usage error (from clap).
+    pub const USAGE: i32 = 2;
+    /// `inspect` found corrupt records.
+    pub const CORRUPT: i32 = 3;
+    /// `join` refused: a daemon already runs on that node.
+    pub const ALREADY_RUNNING: i32 = 4;
+    /// `join` fenced itself: it lost the disk or was deposed.
+    pub const FENCED: i32 = membership_db::daemon::EXIT_FENCED;
+}
+
+/// A failure with the exit status it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: i32,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure { status: exit::ERROR, message: e.to_string() }
+    }
+}
+
+pub type CmdResult = Result<i32, Failure>;
+
+pub fn fail<T>(message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure { status: exit::ERROR, message: message.into() })
+}
+
+fn main() {
+    // A bug must still reach the operator as one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("sdc: internal error: {msg}{at} (please report this)");
+    }));
+
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let status = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(status);
+        }
+    };
+    let result = match cli.command {
+        cli::Command::Format(a) => cmd_format::run(a),
+        cli::Command::Node(cli::NodeCommand::Add(a)) => cmd_node::add(a),
+        cli::Command::Node(cli::NodeCommand::List(a)) => cmd_node::list(a),
+        cli::Command::Node(cli::NodeCommand::Remove(a)) => cmd_node::remove(a),
+        cli::Command::Inspect(a) => cmd_inspect::run(a),
+        cli::Command::Join(a) => cmd_join::run(a),
+        cli::Command::Status(a) => cmd_status::run(a),
+    };
+    match result {
+        Ok(status) => std::process::exit(status),
+        Err(f) => {
+            let line = f.message.replace('\n', " ");
+            eprintln!("sdc: error: {line}");
+            std::process::exit(f.status);
+        }
+    }
+}

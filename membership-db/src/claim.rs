@@ -1,0 +1,251 @@
+//! The master claim: Dekker's flags generalised to N nodes with ballots, which is Gafni and
+//! Lamport's Disk Paxos on one disk.
+//!
+//! Each node owns one [`Claim`] block (double-buffered on the disk). Each master *epoch* is one
+//! consensus instance whose value is a [`ClaimValue`]: the node, and its incarnation, that is
+//! master in that epoch. To claim epoch `e`, a candidate:
+//!
+//! 1. *raises its flag*: writes its block with a ballot `b` higher than any it has seen in `e`
+//!    (ballots are unique per node: `b ≡ node (mod BALLOT_STRIDE)`), then reads every block.
+//!    It aborts if any block is in a later epoch, or in `e` with a higher ballot; it learns the
+//!    decision if a block says `e` is decided. Otherwise it takes the value accepted at the
+//!    highest ballot in `e`, or proposes itself when there is none;
+//! 2. writes its block with that value accepted at `b`, reads every block again, and aborts on
+//!    a later epoch or higher ballot as before. Otherwise the value is chosen;
+//! 3. writes its block marked `decided`, so that others learn the outcome without a round.
+//!
+//! An unreadable block aborts the attempt: a decision needs every block. Safety needs no timing:
+//! two candidates can never see different values chosen in one epoch, however their reads and
+//! writes interleave, and a candidate that stops at any point leaves nothing unsafe behind.
+//!
+//! [`Attempt`] is one candidate's attempt, sans-IO: the caller writes what it returns, reads all
+//! blocks, and feeds them back.
+
+use crate::error::CorruptRecord;
+use crate::format::{Claim, ClaimValue, NodeId};
+
+/// Ballots of node `n` are `k * BALLOT_STRIDE + n`: unique per node for any node id.
+pub const BALLOT_STRIDE: u64 = 256;
+const _: () = assert!(crate::format::NODES_MAX as u64 <= BALLOT_STRIDE);
+
+/// The smallest ballot of `node` above `above`.
+pub fn ballot_above(node: NodeId, above: u64) -> u64 {
+    (above / BALLOT_STRIDE + 1) * BALLOT_STRIDE + node.0 as u64
+}
+
+/// Why an attempt stopped without a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abort {
+    /// A block could not be read: no decision without every block.
+    Unreadable(NodeId),
+    /// Some node is in a later epoch: this one is over.
+    NewerEpoch { node: NodeId, epoch: u64 },
+    /// Another candidate started a higher ballot in this epoch.
+    HigherBallot { node: NodeId, ballot: u64 },
+    /// Our own block holds what we did not write: another daemon writes it.
+    OwnBlockOverwritten,
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abort::Unreadable(n) => write!(f, "the claim block of node {n} is unreadable"),
+            Abort::NewerEpoch { node, epoch } => {
+                write!(f, "node {node} is already in epoch {epoch}")
+            }
+            Abort::HigherBallot { node, ballot } => {
+                write!(f, "node {node} started a higher ballot {ballot}")
+            }
+            Abort::OwnBlockOverwritten => {
+                write!(f, "our own claim block was overwritten by another writer")
+            }
+        }
+    }
+}
+
+/// What to do after feeding an attempt the blocks it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Write this (own) block, then read all blocks and call [`Attempt::on_read`] again.
+    Write(Claim),
+    /// The epoch's value is chosen. `commit` is the own block to write marking it decided,
+    /// when this attempt chose it (rather than learning it from another block).
+    Decided {
+        epoch: u64,
+        value: ClaimValue,
+        commit: Option<Claim>,
+    },
+    Aborted(Abort),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Flag raised (ballot written), reading.
+    Prepare,
+    /// Value accepted at our ballot, reading.
+    Accept(ClaimValue),
+    Over,
+}
+
+/// One candidate's attempt to decide one epoch.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    me: ClaimValue,
+    epoch: u64,
+    ballot: u64,
+    phase: Phase,
+    /// The last own block this attempt wrote.
+    written: Claim,
+}
+
+/// The next own block: `seq` one above `own`'s, so it goes to the other copy.
+fn next_block(
+    own: &Claim,
+    me: ClaimValue,
+    epoch: u64,
+    mbal: u64,
+    bal: u64,
+    value: Option<ClaimValue>,
+    decided: bool,
+) -> Claim {
+    Claim { node: me.node, seq: own.seq + 1, writer_incarnation: me.incarnation, epoch, mbal, bal, value, decided }
+}
+
+impl Attempt {
+    /// Starts an attempt for `epoch`. `own` is our block as last written or read; `seen` are the
+    /// blocks read most recently (to pick a ballot above theirs). Returns the block to write.
+    pub fn start(me: ClaimValue, own: &Claim, epoch: u64, seen: &[Result<Claim, CorruptRecord>]) -> (Attempt, Claim) {
+        assert!(epoch >= own.epoch, "a claim never goes back to an earlier epoch");
+        let highest = seen
+            .iter()
+            .flatten()
+            .chain(std::iter::once(own))
+            .filter(|c| c.epoch == epoch)
+            .map(|c| c.mbal)
+            .max()
+            .unwrap_or(0);
+        let ballot = ballot_above(me.node, highest);
+        // Our own accepted value in this epoch must survive the new ballot (Disk Paxos keeps
+        // `bal` and `inp` when raising `mbal`).
+        let (bal, value) = if own.epoch == epoch { (own.bal, own.value) } else { (0, None) };
+        let block = next_block(own, me, epoch, ballot, bal, value, false);
+        let attempt = Attempt { me, epoch, ballot, phase: Phase::Prepare, written: block.clone() };
+        (attempt, block)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn ballot(&self) -> u64 {
+        self.ballot
+    }
+
+    /// Feeds every node's block, read after our last write completed.
+    pub fn on_read(&mut self, blocks: &[Result<Claim, CorruptRecord>]) -> Step {
+        assert!(self.phase != Phase::Over, "attempt fed after it ended");
+        let step = self.evaluate(blocks);
+        match &step {
+            Step::Write(block) => {
+                self.phase = Phase::Accept(block.value.expect("phase 2 block carries a value"));
+                self.written = block.clone();
+            }
+            Step::Decided { .. } | Step::Aborted(_) => self.phase = Phase::Over,
+        }
+        step
+    }
+
+    fn evaluate(&self, blocks: &[Result<Claim, CorruptRecord>]) -> Step {
+        let mut best: Option<(u64, ClaimValue)> = None;
+        for (i, block) in blocks.iter().enumerate() {
+            let node = NodeId::from_index(i);
+            let Ok(b) = block else {
+                return Step::Aborted(Abort::Unreadable(node));
+            };
+            if node == self.me.node {
+                if *b != self.written {
+                    return Step::Aborted(Abort::OwnBlockOverwritten);
+                }
+                continue;
+            }
+            if b.epoch > self.epoch {
+                return Step::Aborted(Abort::NewerEpoch { node, epoch: b.epoch });
+            }
+            if b.epoch < self.epoch {
+                continue; // an earlier instance: counts as an empty block in this one
+            }
+            if b.decided {
+                let value = b.value.expect("decided block has a value (checked by decode)");
+                return Step::Decided { epoch: self.epoch, value, commit: None };
+            }
+            if b.mbal > self.ballot {
+                return Step::Aborted(Abort::HigherBallot { node, ballot: b.mbal });
+            }
+            if let Some(v) = b.value {
+                if best.is_none_or(|(bal, _)| b.bal > bal) {
+                    best = Some((b.bal, v));
+                }
+            }
+        }
+        let own = &self.written;
+        match self.phase {
+            Phase::Prepare => {
+                if let Some(v) = own.value {
+                    if best.is_none_or(|(bal, _)| own.bal > bal) {
+                        best = Some((own.bal, v));
+                    }
+                }
+                let value = best.map(|(_, v)| v).unwrap_or(self.me);
+                Step::Write(next_block(own, self.me, self.epoch, self.ballot, self.ballot, Some(value), false))
+            }
+            Phase::Accept(value) => Step::Decided {
+                epoch: self.epoch,
+                value,
+                commit: Some(next_block(own, self.me, self.epoch, self.ballot, self.ballot, Some(value), true)),
+            },
+            Phase::Over => unreachable!("checked in on_read"),
+        }
+    }
+}
+
+/// What the claim blocks say about the epochs, for deciding whether to claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimSummary {
+    /// The highest epoch any readable block is in.
+    pub highest_epoch: u64,
+    /// The highest epoch known decided, and its value.
+    pub decided: Option<(u64, ClaimValue)>,
+    /// Blocks that could not be read.
+    pub unreadable: Vec<NodeId>,
+}
+
+impl ClaimSummary {
+    pub fn of(blocks: &[Result<Claim, CorruptRecord>]) -> ClaimSummary {
+        let mut s = ClaimSummary::default();
+        for (i, block) in blocks.iter().enumerate() {
+            match block {
+                Ok(b) => {
+                    s.highest_epoch = s.highest_epoch.max(b.epoch);
+                    if b.decided && s.decided.is_none_or(|(e, _)| b.epoch > e) {
+                        s.decided = Some((b.epoch, b.value.expect("decided block has a value")));
+                    }
+                }
+                Err(_) => s.unreadable.push(NodeId::from_index(i)),
+            }
+        }
+        s
+    }
+
+    /// The master of the highest epoch, when that epoch is decided.
+    pub fn current_master(&self) -> Option<(u64, ClaimValue)> {
+        self.decided.filter(|(e, _)| *e == self.highest_epoch)
+    }
+
+    /// The epoch the next attempt is for: an undecided epoch in progress must be finished
+    /// (a candidate there may already believe it won), otherwise the one after the decided one.
+    pub fn next_epoch(&self) -> u64 {
+        match self.decided {
+            Some((e, _)) if e == self.highest_epoch => e + 1,
+            _ => self.highest_epoch.max(1),
+        }
+    }
+}

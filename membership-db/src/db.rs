@@ -1,0 +1,337 @@
+//! [`MembershipDb`]: typed access to the regions of a formatted disk.
+//!
+//! Reads take a whole region in one I/O and decode every record, returning a `Result` per
+//! record so that one corrupt record never hides the others. Writes put one record in the
+//! writer's own slot (or copy) and nothing else.
+
+use crate::error::{CorruptRecord, DbError, Problem};
+use crate::format::*;
+use crate::io::Disk;
+
+/// What is on a disk before formatting it.
+#[derive(Debug)]
+pub enum Probe {
+    /// A valid superblock: a cluster lives here.
+    Formatted(Superblock),
+    /// A superblock that is newer than this program.
+    NewerFormat { found: u16 },
+    /// No valid superblock; the reasons, for both copies.
+    Unformatted(Vec<CorruptRecord>),
+}
+
+/// What `format` needs besides the disk.
+#[derive(Debug, Clone)]
+pub struct FormatParams {
+    pub cluster_name: String,
+    pub max_nodes: u16,
+    pub timing: Timing,
+    pub cluster_uuid: [u8; 16],
+    pub now_unix_ms: u64,
+}
+
+/// Zeroes are written in chunks of this size when formatting the reserved regions.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+pub struct MembershipDb {
+    disk: Box<dyn Disk>,
+    superblock: Superblock,
+    layout: Layout,
+}
+
+/// Reads both superblock copies.
+pub fn read_superblocks(disk: &dyn Disk) -> Result<[Result<Superblock, CorruptRecord>; 2], DbError> {
+    let want = 2 * BLOCK_BYTES;
+    if disk.len_bytes() < want {
+        return Err(DbError::NotFormatted(format!("the disk is only {} bytes", disk.len_bytes())));
+    }
+    let mut buf = vec![0u8; want as usize];
+    disk.read_at(0, &mut buf)?;
+    Ok([0usize, 1].map(|copy| {
+        let off = copy as u64 * BLOCK_BYTES;
+        Superblock::decode(&buf[off as usize..(off + BLOCK_BYTES) as usize], off)
+    }))
+}
+
+/// Says whether a cluster lives on the disk, without changing anything.
+pub fn probe(disk: &dyn Disk) -> Result<Probe, DbError> {
+    if disk.len_bytes() < 2 * BLOCK_BYTES {
+        return Ok(Probe::Unformatted(vec![]));
+    }
+    let copies = read_superblocks(disk)?;
+    if let Ok(sb) = newest(&copies, |s| s.generation) {
+        return Ok(Probe::Formatted(sb));
+    }
+    let errors: Vec<CorruptRecord> = copies.into_iter().filter_map(Result::err).collect();
+    for e in &errors {
+        if let Problem::NewerVersion { found, .. } = e.problem {
+            return Ok(Probe::NewerFormat { found });
+        }
+    }
+    Ok(Probe::Unformatted(errors))
+}
+
+/// The slot size for a device sector size, or an error for one the format cannot use.
+pub fn slot_bytes_for(sector: u32) -> Result<u32, DbError> {
+    let slot = sector.max(512);
+    if !valid_slot_bytes(slot) {
+        return Err(DbError::UnsupportedSectorSize(sector));
+    }
+    Ok(slot)
+}
+
+fn padded(record: Vec<u8>, slot_bytes: u32) -> Vec<u8> {
+    let mut out = record;
+    out.resize(slot_bytes as usize, 0);
+    out
+}
+
+impl MembershipDb {
+    /// Opens a formatted disk, checking the superblock, the geometry and the sector size.
+    pub fn open(disk: Box<dyn Disk>) -> Result<MembershipDb, DbError> {
+        let superblock = match probe(disk.as_ref())? {
+            Probe::Formatted(sb) => sb,
+            Probe::NewerFormat { found } => return Err(DbError::NewerFormat { found, supported: FORMAT_VERSION }),
+            Probe::Unformatted(errors) => {
+                let why = errors.first().map(|e| e.to_string()).unwrap_or_else(|| "the disk is too small".into());
+                return Err(DbError::NotFormatted(why));
+            }
+        };
+        let sector = disk.sector_bytes();
+        if !valid_slot_bytes(sector.max(512)) {
+            return Err(DbError::UnsupportedSectorSize(sector));
+        }
+        if sector > superblock.slot_bytes {
+            return Err(DbError::SectorSizeMismatch { device: sector, slot: superblock.slot_bytes });
+        }
+        if disk.len_bytes() < superblock.disk_bytes {
+            return Err(DbError::Truncated { actual: disk.len_bytes(), expected: superblock.disk_bytes });
+        }
+        let layout = superblock.layout();
+        Ok(MembershipDb { disk, superblock, layout })
+    }
+
+    /// Writes a new, empty membership database. The caller has decided that overwriting
+    /// whatever is there is intended.
+    ///
+    /// The old superblocks are wiped first and the new ones written last, so an interrupted
+    /// format leaves a disk that is plainly unformatted, never a half-initialised cluster.
+    pub fn format(disk: Box<dyn Disk>, params: &FormatParams) -> Result<MembershipDb, DbError> {
+        validate_cluster_name(&params.cluster_name).map_err(DbError::InvalidArgument)?;
+        params.timing.validate().map_err(DbError::InvalidArgument)?;
+        if !(1..=NODES_MAX).contains(&params.max_nodes) {
+            return Err(DbError::InvalidArgument(format!(
+                "max nodes {} out of range 1 to {NODES_MAX}",
+                params.max_nodes
+            )));
+        }
+        let slot_bytes = slot_bytes_for(disk.sector_bytes())?;
+        let layout = Layout::new(params.max_nodes, slot_bytes);
+        let minimum = layout.end();
+        if disk.len_bytes() < minimum {
+            return Err(DbError::TooSmall {
+                actual: disk.len_bytes(),
+                minimum,
+                minimum_human: human_bytes(minimum),
+                max_nodes: params.max_nodes,
+            });
+        }
+        let superblock = Superblock {
+            generation: 1,
+            cluster_uuid: params.cluster_uuid,
+            cluster_name: params.cluster_name.clone(),
+            max_nodes: params.max_nodes,
+            slot_bytes,
+            disk_bytes: disk.len_bytes(),
+            timing: params.timing,
+            created_unix_ms: params.now_unix_ms,
+        };
+        disk.write_at(0, &vec![0u8; 2 * BLOCK_BYTES as usize])?;
+        let db = MembershipDb { disk, superblock, layout };
+        let nodes: Vec<NodeId> = NodeId::all(params.max_nodes).collect();
+
+        let node_table: Vec<u8> = nodes
+            .iter()
+            .flat_map(|&n| [0, 1].map(|seq| padded(NodeEntry::absent(n, seq).encode(), slot_bytes)))
+            .flatten()
+            .collect();
+        db.disk.write_at(db.layout.node_entry_offset(NodeId(1), 0), &node_table)?;
+        let heartbeats: Vec<u8> =
+            nodes.iter().flat_map(|&n| padded(Heartbeat::never(n).encode(), slot_bytes)).collect();
+        db.disk.write_at(db.layout.heartbeat_offset(NodeId(1)), &heartbeats)?;
+        let claims: Vec<u8> = nodes
+            .iter()
+            .flat_map(|&n| [0, 1].map(|seq| padded(Claim::initial(n, seq).encode(), slot_bytes)))
+            .flatten()
+            .collect();
+        db.disk.write_at(db.layout.claim_offset(NodeId(1), 0), &claims)?;
+        for kind in [RegionKind::ClusterState, RegionKind::NodeSlots, RegionKind::Layers] {
+            db.zero_region(db.layout.region(kind))?;
+        }
+        let sb = db.superblock.encode();
+        for copy in 0..2 {
+            db.disk.write_at(db.layout.superblock_offset(copy), &padded(sb.clone(), BLOCK_BYTES as u32))?;
+        }
+        Ok(db)
+    }
+
+    fn zero_region(&self, region: Region) -> Result<(), DbError> {
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut off = region.offset;
+        let end = region.offset + region.len;
+        while off < end {
+            let n = ((end - off) as usize).min(ZERO_CHUNK_BYTES);
+            self.disk.write_at(off, &zeros[..n])?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn disk(&self) -> &dyn Disk {
+        self.disk.as_ref()
+    }
+    pub fn max_nodes(&self) -> u16 {
+        self.superblock.max_nodes
+    }
+
+    /// Checks a node id against the cluster's size, with the message operators see.
+    pub fn check_node_id(&self, node: NodeId) -> Result<(), DbError> {
+        if !self.layout.contains(node) {
+            return Err(DbError::InvalidArgument(format!(
+                "node {} is out of range: this cluster has node ids 1 to {}",
+                node.0, self.superblock.max_nodes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads `count` consecutive slots starting at `offset` in one I/O.
+    fn read_slots(&self, offset: u64, count: usize) -> Result<Vec<u8>, DbError> {
+        let mut buf = vec![0u8; count * self.layout.slot_bytes as usize];
+        self.disk.read_at(offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn slot<'a>(&self, buf: &'a [u8], index: usize) -> &'a [u8] {
+        let s = self.layout.slot_bytes as usize;
+        &buf[index * s..(index + 1) * s]
+    }
+
+    fn write_slot(&self, offset: u64, record: Vec<u8>) -> Result<(), DbError> {
+        self.disk.write_at(offset, &padded(record, self.layout.slot_bytes))
+    }
+
+    // --- node table ---------------------------------------------------------------------------
+
+    /// Both copies of every node's entry.
+    pub fn read_node_entry_copies(&self) -> Result<Vec<[Result<NodeEntry, CorruptRecord>; 2]>, DbError> {
+        let n = self.max_nodes() as usize;
+        let buf = self.read_slots(self.layout.node_entry_offset(NodeId(1), 0), 2 * n)?;
+        Ok(NodeId::all(self.max_nodes())
+            .map(|node| {
+                [0usize, 1].map(|copy| {
+                    NodeEntry::decode(
+                        self.slot(&buf, node.index() * 2 + copy),
+                        self.layout.node_entry_offset(node, copy),
+                        node,
+                        copy,
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// The newest valid entry of every node.
+    pub fn read_node_table(&self) -> Result<Vec<Result<NodeEntry, CorruptRecord>>, DbError> {
+        Ok(self.read_node_entry_copies()?.iter().map(|c| newest(c, |e| e.seq)).collect())
+    }
+
+    /// Writes a node entry into the copy its sequence number selects.
+    pub fn write_node_entry(&self, entry: &NodeEntry) -> Result<(), DbError> {
+        self.check_node_id(entry.node)?;
+        let copy = (entry.seq % 2) as usize;
+        self.write_slot(self.layout.node_entry_offset(entry.node, copy), entry.encode())
+    }
+
+    /// The sequence number the next write of `node`'s entry must carry: one above the newest
+    /// valid copy, so that it lands on the other copy.
+    pub fn next_node_entry_seq(&self, copies: &[Result<NodeEntry, CorruptRecord>; 2]) -> u64 {
+        copies.iter().flatten().map(|e| e.seq + 1).max().unwrap_or(2)
+    }
+
+    // --- heartbeats ---------------------------------------------------------------------------
+
+    pub fn read_heartbeats(&self) -> Result<Vec<Result<Heartbeat, CorruptRecord>>, DbError> {
+        let buf = self.read_slots(self.layout.heartbeat_offset(NodeId(1)), self.max_nodes() as usize)?;
+        Ok(NodeId::all(self.max_nodes())
+            .map(|node| Heartbeat::decode(self.slot(&buf, node.index()), self.layout.heartbeat_offset(node), node))
+            .collect())
+    }
+
+    pub fn write_heartbeat(&self, hb: &Heartbeat) -> Result<(), DbError> {
+        self.check_node_id(hb.node)?;
+        self.write_slot(self.layout.heartbeat_offset(hb.node), hb.encode())
+    }
+
+    // --- claims -------------------------------------------------------------------------------
+
+    pub fn read_claim_copies(&self) -> Result<Vec<[Result<Claim, CorruptRecord>; 2]>, DbError> {
+        let n = self.max_nodes() as usize;
+        let buf = self.read_slots(self.layout.claim_offset(NodeId(1), 0), 2 * n)?;
+        Ok(NodeId::all(self.max_nodes())
+            .map(|node| {
+                [0usize, 1].map(|copy| {
+                    Claim::decode(
+                        self.slot(&buf, node.index() * 2 + copy),
+                        self.layout.claim_offset(node, copy),
+                        node,
+                        copy,
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// The newest valid claim of every node.
+    pub fn read_claims(&self) -> Result<Vec<Result<Claim, CorruptRecord>>, DbError> {
+        Ok(self.read_claim_copies()?.iter().map(|c| newest(c, |c| c.seq)).collect())
+    }
+
+    pub fn write_claim(&self, claim: &Claim) -> Result<(), DbError> {
+        self.check_node_id(claim.node)?;
+        let copy = (claim.seq % 2) as usize;
+        self.write_slot(self.layout.claim_offset(claim.node, copy), claim.encode())
+    }
+
+    // --- cluster state ------------------------------------------------------------------------
+
+    /// All four copies; `Ok(None)` for a copy never written.
+    pub fn read_cluster_state_copies(&self) -> Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, DbError> {
+        (0..CLUSTER_STATE_COPIES as usize)
+            .map(|copy| {
+                let off = self.layout.cluster_state_offset(copy);
+                let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES];
+                self.disk.read_at(off, &mut buf)?;
+                Ok(ClusterState::decode(&buf, off, copy))
+            })
+            .collect()
+    }
+
+    /// The newest valid cluster state by (epoch, seq), if any was written.
+    pub fn read_cluster_state(&self) -> Result<Option<ClusterState>, DbError> {
+        Ok(self
+            .read_cluster_state_copies()?
+            .into_iter()
+            .filter_map(|c| c.ok().flatten())
+            .max_by_key(|s| (s.epoch, s.seq)))
+    }
+
+    pub fn write_cluster_state(&self, state: &ClusterState) -> Result<(), DbError> {
+        self.disk.write_at(self.layout.cluster_state_offset(state.copy()), &state.encode())
+    }
+}

@@ -1,0 +1,792 @@
+//! The on-disk format, version 1, in one place.
+//!
+//! # Layout
+//!
+//! All integers are little-endian. Regions start on 4096-byte boundaries. A *slot* is the unit
+//! one node writes on its own: 512 bytes, or the device's logical sector size when that is
+//! larger (up to 4096), so that no two nodes ever share a sector (single writer per block).
+//!
+//! | region        | size                                   | contents                                   | writer |
+//! |---------------|----------------------------------------|--------------------------------------------|--------|
+//! | superblock    | 2 blocks                               | two identical copies of [`Superblock`]     | `sdc format` |
+//! | node table    | max_nodes × 2 slots                    | two copies of each [`NodeEntry`]           | `sdc node` commands |
+//! | heartbeat     | max_nodes × 1 slot                     | each node's [`Heartbeat`]                  | that node |
+//! | claim         | max_nodes × 2 slots                    | two copies of each node's [`Claim`]        | that node |
+//! | cluster state | 4 copies × 64 KiB                      | [`ClusterState`], by epoch parity and seq  | the master of that epoch |
+//! | node slots    | max_nodes × 16 KiB                     | reserved: per-node acknowledgement and request slots (membership manager) | that node |
+//! | layers        | 4 MiB                                  | reserved: DLM, VDM, SFS, event manager, registration and launch service | per layer |
+//!
+//! Each region's offset and length are also recorded in the superblock, and checked against
+//! this layout when the disk is opened.
+//!
+//! # Records
+//!
+//! Every record is framed the same way (see `codec`): magic (4 bytes), record version (2
+//! bytes), fields, zero padding, and the crc32 of everything before it in its last 4 bytes.
+//! Node table entries, claims and superblocks are 512-byte records at the start of their slot;
+//! the cluster state record is 4096 bytes at the start of its copy.
+//!
+//! # Double buffering
+//!
+//! A record that is rewritten in place and must survive a torn write has two copies. Each
+//! carries a sequence number `seq`; sequence `n` is always written to copy `n % 2`, so a write
+//! never touches the copy holding the newest good sequence, and a reader takes the valid copy
+//! with the highest sequence. A torn write therefore loses at most the update being written.
+//! The cluster state adds the epoch's parity: copy `(epoch % 2) * 2 + seq % 2`, so a deposed
+//! master's late write can never land on the copies its successor writes.
+
+use crate::codec::{Decoder, Encoder};
+use crate::error::{CorruptRecord, DbError, Problem, RecordKind};
+use std::fmt;
+
+/// The format version this code writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Region alignment and the size of multi-sector records.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Size of the slot records (node entry, heartbeat, claim, superblock).
+pub const RECORD_BYTES: usize = 512;
+/// Size of one cluster state record (the start of each 64 KiB copy).
+pub const CLUSTER_STATE_RECORD_BYTES: usize = 4096;
+/// Bytes reserved for each copy of the cluster state.
+pub const CLUSTER_STATE_COPY_BYTES: u64 = 64 * 1024;
+/// Copies of the cluster state: 2 epoch parities × 2 sequence parities.
+pub const CLUSTER_STATE_COPIES: u64 = 4;
+/// Bytes reserved per node for its acknowledgement and request slots.
+pub const NODE_SLOTS_BYTES_PER_NODE: u64 = 16 * 1024;
+/// Bytes reserved for the higher layers.
+pub const LAYERS_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest cluster. Node sets fit in a `u128` bitmap.
+pub const NODES_MAX: u16 = 128;
+/// Longest cluster or node name, in bytes.
+pub const NAME_BYTES_MAX: usize = 63;
+/// Longest free-text node address, in bytes.
+pub const ADDRESS_BYTES_MAX: usize = 255;
+/// Longest host name kept in a heartbeat, in bytes.
+pub const HOST_BYTES_MAX: usize = 63;
+
+const _: () = assert!(NODES_MAX as u32 <= u128::BITS);
+const _: () = assert!(RECORD_BYTES as u64 <= BLOCK_BYTES);
+const _: () = assert!(CLUSTER_STATE_RECORD_BYTES as u64 <= CLUSTER_STATE_COPY_BYTES);
+
+const MAGIC_SUPERBLOCK: u32 = u32::from_le_bytes(*b"SDSB");
+const MAGIC_NODE_ENTRY: u32 = u32::from_le_bytes(*b"SDNE");
+const MAGIC_HEARTBEAT: u32 = u32::from_le_bytes(*b"SDHB");
+const MAGIC_CLAIM: u32 = u32::from_le_bytes(*b"SDCL");
+const MAGIC_CLUSTER_STATE: u32 = u32::from_le_bytes(*b"SDCS");
+
+/// A node's identifier: 1 to `max_nodes`, as in the node table. Slot index is `id - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u16);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        debug_assert!(self.0 >= 1);
+        (self.0 - 1) as usize
+    }
+    pub fn from_index(index: usize) -> NodeId {
+        NodeId(index as u16 + 1)
+    }
+    /// Every node id of a cluster of `max_nodes`.
+    pub fn all(max_nodes: u16) -> impl Iterator<Item = NodeId> {
+        (1..=max_nodes).map(NodeId)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Milliseconds on some monotonic clock. The protocol cores never read a clock themselves.
+pub type Millis = u64;
+
+/// The cluster-wide timing, in the superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Timing {
+    /// Each node writes its heartbeat this often.
+    pub heartbeat_ms: u32,
+    /// An observer judges a node dead when its heartbeat has been still this long.
+    pub dead_ms: u32,
+    /// A node that could not complete a heartbeat write this long fences itself.
+    pub fence_ms: u32,
+}
+
+/// Extra time, beyond one heartbeat interval, that must separate a node fencing itself from the
+/// others judging it dead: the time to kill its services plus one I/O that completed late.
+pub const FENCE_SLACK_MS: u32 = 100;
+/// Bounds on the timing parameters.
+pub const HEARTBEAT_MS_MIN: u32 = 10;
+pub const HEARTBEAT_MS_MAX: u32 = 10_000;
+pub const DEAD_MS_MAX: u32 = 600_000;
+
+impl Default for Timing {
+    /// Failover on a local disk in about a second.
+    fn default() -> Self {
+        Timing { heartbeat_ms: 100, dead_ms: 1000, fence_ms: 600 }
+    }
+}
+
+impl Timing {
+    /// The margin that must separate `fence_ms` from `dead_ms`.
+    pub fn fence_margin_ms(&self) -> u32 {
+        self.heartbeat_ms + FENCE_SLACK_MS
+    }
+
+    /// Checks the rule `fence_ms + margin < dead_ms` and the bounds, naming the remedy.
+    pub fn validate(&self) -> Result<(), String> {
+        let Timing { heartbeat_ms, dead_ms, fence_ms } = *self;
+        if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&heartbeat_ms) {
+            return Err(format!(
+                "heartbeat-ms {heartbeat_ms} is out of range ({HEARTBEAT_MS_MIN} to {HEARTBEAT_MS_MAX})"
+            ));
+        }
+        if fence_ms < 3 * heartbeat_ms {
+            return Err(format!(
+                "fence-ms {fence_ms} must be at least three heartbeat intervals ({}), so one slow write does not fence a node",
+                3 * heartbeat_ms
+            ));
+        }
+        let margin = self.fence_margin_ms();
+        if fence_ms as u64 + margin as u64 >= dead_ms as u64 {
+            return Err(format!(
+                "fence-ms {fence_ms} plus the margin {margin} (one heartbeat + {FENCE_SLACK_MS} ms) must be below dead-ms {dead_ms}: a node must fence itself before the others judge it dead; raise dead-ms to at least {}",
+                fence_ms + margin + 1
+            ));
+        }
+        if dead_ms > DEAD_MS_MAX {
+            return Err(format!("dead-ms {dead_ms} exceeds {DEAD_MS_MAX}"));
+        }
+        Ok(())
+    }
+}
+
+/// The regions of the disk, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionKind {
+    Superblock = 1,
+    NodeTable = 2,
+    Heartbeat = 3,
+    Claim = 4,
+    ClusterState = 5,
+    NodeSlots = 6,
+    Layers = 7,
+}
+
+impl RegionKind {
+    pub const ALL: [RegionKind; 7] = [
+        RegionKind::Superblock,
+        RegionKind::NodeTable,
+        RegionKind::Heartbeat,
+        RegionKind::Claim,
+        RegionKind::ClusterState,
+        RegionKind::NodeSlots,
+        RegionKind::Layers,
+    ];
+    fn from_u8(v: u8) -> Option<RegionKind> {
+        RegionKind::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            RegionKind::Superblock => "superblock",
+            RegionKind::NodeTable => "node table",
+            RegionKind::Heartbeat => "heartbeat",
+            RegionKind::Claim => "claim",
+            RegionKind::ClusterState => "cluster state",
+            RegionKind::NodeSlots => "node slots (reserved)",
+            RegionKind::Layers => "layers (reserved)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Region {
+    pub kind: RegionKind,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where everything is, derived from `max_nodes` and the slot size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub max_nodes: u16,
+    pub slot_bytes: u32,
+    pub regions: [Region; 7],
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+impl Layout {
+    pub fn new(max_nodes: u16, slot_bytes: u32) -> Layout {
+        assert!((1..=NODES_MAX).contains(&max_nodes), "max_nodes out of range");
+        assert!(valid_slot_bytes(slot_bytes), "slot size out of range");
+        let n = max_nodes as u64;
+        let slot = slot_bytes as u64;
+        let sizes = [
+            2 * BLOCK_BYTES,
+            round_up(n * 2 * slot, BLOCK_BYTES),
+            round_up(n * slot, BLOCK_BYTES),
+            round_up(n * 2 * slot, BLOCK_BYTES),
+            CLUSTER_STATE_COPIES * CLUSTER_STATE_COPY_BYTES,
+            n * NODE_SLOTS_BYTES_PER_NODE,
+            LAYERS_BYTES,
+        ];
+        let mut offset = 0;
+        let regions = std::array::from_fn(|i| {
+            let region = Region { kind: RegionKind::ALL[i], offset, len: sizes[i] };
+            offset += sizes[i];
+            region
+        });
+        Layout { max_nodes, slot_bytes, regions }
+    }
+
+    /// The smallest disk that holds this layout.
+    pub fn end(&self) -> u64 {
+        let last = self.regions[self.regions.len() - 1];
+        last.offset + last.len
+    }
+
+    pub fn region(&self, kind: RegionKind) -> Region {
+        self.regions[kind as usize - 1]
+    }
+
+    pub fn superblock_offset(&self, copy: usize) -> u64 {
+        copy as u64 * BLOCK_BYTES
+    }
+    pub fn node_entry_offset(&self, node: NodeId, copy: usize) -> u64 {
+        self.region(RegionKind::NodeTable).offset + (node.index() as u64 * 2 + copy as u64) * self.slot_bytes as u64
+    }
+    pub fn heartbeat_offset(&self, node: NodeId) -> u64 {
+        self.region(RegionKind::Heartbeat).offset + node.index() as u64 * self.slot_bytes as u64
+    }
+    pub fn claim_offset(&self, node: NodeId, copy: usize) -> u64 {
+        self.region(RegionKind::Claim).offset + (node.index() as u64 * 2 + copy as u64) * self.slot_bytes as u64
+    }
+    pub fn cluster_state_offset(&self, copy: usize) -> u64 {
+        self.region(RegionKind::ClusterState).offset + copy as u64 * CLUSTER_STATE_COPY_BYTES
+    }
+    pub fn contains(&self, node: NodeId) -> bool {
+        (1..=self.max_nodes).contains(&node.0)
+    }
+}
+
+/// Slot sizes the format allows: powers of two from 512 to 4096.
+pub fn valid_slot_bytes(slot_bytes: u32) -> bool {
+    slot_bytes.is_power_of_two() && (512..=BLOCK_BYTES as u32).contains(&slot_bytes)
+}
+
+/// Reads the newest valid copy of a double-buffered record.
+///
+/// Sequence `n` lives in copy `n % 2` (see the module docs). A copy whose sequence is in the
+/// wrong place is reported as corrupt.
+pub fn newest<T: Clone>(copies: &[Result<T, CorruptRecord>; 2], seq: impl Fn(&T) -> u64) -> Result<T, CorruptRecord> {
+    let mut best: Option<&T> = None;
+    for copy in copies.iter().flatten() {
+        if best.is_none_or(|b| seq(copy) > seq(b)) {
+            best = Some(copy);
+        }
+    }
+    match best {
+        Some(t) => Ok(t.clone()),
+        None => Err(copies[0].clone().err().expect("no valid copy")),
+    }
+}
+
+fn check_copy(seq: u64, copy: usize, dec: &Decoder<'_>) -> Result<(), CorruptRecord> {
+    if seq % 2 != copy as u64 {
+        return Err(dec.invalid(format!("sequence {seq} stored in copy {copy}")));
+    }
+    Ok(())
+}
+
+fn check_node(found: u16, expected: NodeId, dec: &Decoder<'_>) -> Result<NodeId, CorruptRecord> {
+    if found != expected.0 {
+        return Err(dec.invalid(format!("record of node {found} in the slot of node {expected}")));
+    }
+    Ok(expected)
+}
+
+fn check_name(s: &str, what: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > NAME_BYTES_MAX {
+        return Err(format!("{what} must be 1 to {NAME_BYTES_MAX} bytes"));
+    }
+    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!("{what} {s:?} may hold only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+/// Validates a cluster name.
+pub fn validate_cluster_name(s: &str) -> Result<(), String> {
+    check_name(s, "cluster name")
+}
+/// Validates a node name.
+pub fn validate_node_name(s: &str) -> Result<(), String> {
+    check_name(s, "node name")
+}
+/// Validates a free-text node address.
+pub fn validate_address(s: &str) -> Result<(), String> {
+    if s.len() > ADDRESS_BYTES_MAX {
+        return Err(format!("address must be at most {ADDRESS_BYTES_MAX} bytes"));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err("address must not contain control characters".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Superblock
+
+/// The cluster's identity, geometry and timing. Written twice by `sdc format`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub generation: u64,
+    pub cluster_uuid: [u8; 16],
+    pub cluster_name: String,
+    pub max_nodes: u16,
+    pub slot_bytes: u32,
+    pub disk_bytes: u64,
+    pub timing: Timing,
+    pub created_unix_ms: u64,
+}
+
+impl Superblock {
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.max_nodes, self.slot_bytes)
+    }
+
+    pub fn uuid_string(&self) -> String {
+        let h: String = self.cluster_uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_SUPERBLOCK, FORMAT_VERSION);
+        e.u64(self.generation);
+        e.bytes(&self.cluster_uuid);
+        e.text(&self.cluster_name, NAME_BYTES_MAX + 1);
+        e.u16(self.max_nodes);
+        e.u32(self.slot_bytes);
+        e.u64(self.disk_bytes);
+        e.u32(self.timing.heartbeat_ms);
+        e.u32(self.timing.dead_ms);
+        e.u32(self.timing.fence_ms);
+        e.u64(self.created_unix_ms);
+        let layout = self.layout();
+        e.u8(layout.regions.len() as u8);
+        for r in layout.regions {
+            e.u8(r.kind as u8);
+            e.u64(r.offset);
+            e.u64(r.len);
+        }
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64) -> Result<Superblock, CorruptRecord> {
+        let (mut d, _version) = Decoder::record(
+            &buf[..RECORD_BYTES.min(buf.len())],
+            RecordKind::Superblock,
+            offset,
+            MAGIC_SUPERBLOCK,
+            FORMAT_VERSION,
+        )?;
+        let generation = d.u64()?;
+        let cluster_uuid: [u8; 16] = d.bytes(16)?.try_into().unwrap();
+        let cluster_name = d.text(NAME_BYTES_MAX + 1, "cluster name")?;
+        let max_nodes = d.u16()?;
+        let slot_bytes = d.u32()?;
+        let disk_bytes = d.u64()?;
+        let timing = Timing { heartbeat_ms: d.u32()?, dead_ms: d.u32()?, fence_ms: d.u32()? };
+        let created_unix_ms = d.u64()?;
+        if !(1..=NODES_MAX).contains(&max_nodes) {
+            return Err(d.invalid(format!("max nodes {max_nodes} out of range 1 to {NODES_MAX}")));
+        }
+        if !valid_slot_bytes(slot_bytes) {
+            return Err(d.invalid(format!("slot size {slot_bytes}")));
+        }
+        timing.validate().map_err(|e| d.invalid(format!("timing: {e}")))?;
+        validate_cluster_name(&cluster_name).map_err(|e| d.invalid(e))?;
+        let expected = Layout::new(max_nodes, slot_bytes);
+        let count = d.u8()? as usize;
+        if count != expected.regions.len() {
+            return Err(d.invalid(format!("{count} regions, expected {}", expected.regions.len())));
+        }
+        for want in expected.regions {
+            let kind = d.u8()?;
+            let (off, len) = (d.u64()?, d.u64()?);
+            if RegionKind::from_u8(kind) != Some(want.kind) || off != want.offset || len != want.len {
+                return Err(d.invalid(format!(
+                    "region table entry {kind} does not match the layout of version {FORMAT_VERSION}"
+                )));
+            }
+        }
+        if disk_bytes < expected.end() {
+            return Err(d.invalid(format!("disk size {disk_bytes} smaller than its own layout")));
+        }
+        Ok(Superblock {
+            generation,
+            cluster_uuid,
+            cluster_name,
+            max_nodes,
+            slot_bytes,
+            disk_bytes,
+            timing,
+            created_unix_ms,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node table
+
+/// One node's persistent configuration. `present == false` is an empty (or removed) entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeEntry {
+    pub node: NodeId,
+    pub seq: u64,
+    pub present: bool,
+    pub master_eligible: bool,
+    pub name: String,
+    pub address: String,
+    pub updated_unix_ms: u64,
+}
+
+impl NodeEntry {
+    pub fn absent(node: NodeId, seq: u64) -> NodeEntry {
+        NodeEntry {
+            node,
+            seq,
+            present: false,
+            master_eligible: false,
+            name: String::new(),
+            address: String::new(),
+            updated_unix_ms: 0,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_NODE_ENTRY, FORMAT_VERSION);
+        e.u64(self.seq);
+        e.u16(self.node.0);
+        e.u8(self.present as u8);
+        e.u8(self.master_eligible as u8);
+        e.text(&self.name, NAME_BYTES_MAX + 1);
+        e.long_text(&self.address, ADDRESS_BYTES_MAX + 1);
+        e.u64(self.updated_unix_ms);
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64, node: NodeId, copy: usize) -> Result<NodeEntry, CorruptRecord> {
+        let (mut d, _) =
+            Decoder::record(&buf[..RECORD_BYTES], RecordKind::NodeEntry, offset, MAGIC_NODE_ENTRY, FORMAT_VERSION)?;
+        let seq = d.u64()?;
+        check_copy(seq, copy, &d)?;
+        let node = check_node(d.u16()?, node, &d)?;
+        let present = decode_bool(d.u8()?, "present", &d)?;
+        let master_eligible = decode_bool(d.u8()?, "master-eligible", &d)?;
+        let name = d.text(NAME_BYTES_MAX + 1, "name")?;
+        let address = d.long_text(ADDRESS_BYTES_MAX + 1, "address")?;
+        let updated_unix_ms = d.u64()?;
+        if present {
+            validate_node_name(&name).map_err(|e| d.invalid(e))?;
+        }
+        Ok(NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms })
+    }
+}
+
+fn decode_bool(v: u8, what: &str, d: &Decoder<'_>) -> Result<bool, CorruptRecord> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(d.invalid(format!("{what} flag {v}"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heartbeat
+
+/// What a node's daemon says of itself in its heartbeat slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeartbeatState {
+    /// Formatted; no daemon has run on this slot.
+    Never = 0,
+    /// A daemon is running (if the counter moves).
+    Up = 1,
+    /// The daemon stopped cleanly.
+    Down = 2,
+    /// The daemon fenced itself.
+    Fenced = 3,
+}
+
+impl HeartbeatState {
+    fn from_u8(v: u8) -> Option<HeartbeatState> {
+        [HeartbeatState::Never, HeartbeatState::Up, HeartbeatState::Down, HeartbeatState::Fenced]
+            .into_iter()
+            .find(|s| *s as u8 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            HeartbeatState::Never => "never",
+            HeartbeatState::Up => "up",
+            HeartbeatState::Down => "down",
+            HeartbeatState::Fenced => "fenced",
+        }
+    }
+}
+
+/// One node's heartbeat: rewritten every `heartbeat_ms` by that node alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    pub state: HeartbeatState,
+    /// A new value on every start of the daemon.
+    pub incarnation: u64,
+    /// Advances on every write; observers judge liveness by its movement.
+    pub counter: u64,
+    /// The epoch this node is acting master of, or 0.
+    pub master_epoch: u64,
+    /// The writer's wall clock, for display only: decisions never use it.
+    pub written_unix_ms: u64,
+    pub pid: u32,
+    pub host: String,
+}
+
+impl Heartbeat {
+    pub fn never(node: NodeId) -> Heartbeat {
+        Heartbeat {
+            node,
+            state: HeartbeatState::Never,
+            incarnation: 0,
+            counter: 0,
+            master_epoch: 0,
+            written_unix_ms: 0,
+            pid: 0,
+            host: String::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_HEARTBEAT, FORMAT_VERSION);
+        e.u16(self.node.0);
+        e.u8(self.state as u8);
+        e.u64(self.incarnation);
+        e.u64(self.counter);
+        e.u64(self.master_epoch);
+        e.u64(self.written_unix_ms);
+        e.u32(self.pid);
+        e.text(&self.host, HOST_BYTES_MAX + 1);
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64, node: NodeId) -> Result<Heartbeat, CorruptRecord> {
+        let (mut d, _) =
+            Decoder::record(&buf[..RECORD_BYTES], RecordKind::Heartbeat, offset, MAGIC_HEARTBEAT, FORMAT_VERSION)?;
+        let node = check_node(d.u16()?, node, &d)?;
+        let raw_state = d.u8()?;
+        let state =
+            HeartbeatState::from_u8(raw_state).ok_or_else(|| d.invalid(format!("heartbeat state {raw_state}")))?;
+        Ok(Heartbeat {
+            node,
+            state,
+            incarnation: d.u64()?,
+            counter: d.u64()?,
+            master_epoch: d.u64()?,
+            written_unix_ms: d.u64()?,
+            pid: d.u32()?,
+            host: d.text(HOST_BYTES_MAX + 1, "host")?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claim
+
+/// The value decided in one master epoch: which node, in which incarnation, is master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ClaimValue {
+    pub node: NodeId,
+    pub incarnation: u64,
+}
+
+/// One node's Disk Paxos block for the master claim (see the `claim` module).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Claim {
+    pub node: NodeId,
+    pub seq: u64,
+    /// The incarnation of the daemon that wrote this record.
+    pub writer_incarnation: u64,
+    /// The Disk Paxos instance: master epoch.
+    pub epoch: u64,
+    /// Highest ballot this node has started in `epoch` (Disk Paxos `mbal`).
+    pub mbal: u64,
+    /// Ballot of the value this node last accepted in `epoch` (`bal`), 0 if none.
+    pub bal: u64,
+    /// The value accepted at `bal` (`inp`).
+    pub value: Option<ClaimValue>,
+    /// This node saw `value` chosen for `epoch`.
+    pub decided: bool,
+}
+
+impl Claim {
+    pub fn initial(node: NodeId, seq: u64) -> Claim {
+        Claim { node, seq, writer_incarnation: 0, epoch: 0, mbal: 0, bal: 0, value: None, decided: false }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_CLAIM, FORMAT_VERSION);
+        e.u64(self.seq);
+        e.u16(self.node.0);
+        e.u64(self.writer_incarnation);
+        e.u64(self.epoch);
+        e.u64(self.mbal);
+        e.u64(self.bal);
+        let v = self.value.unwrap_or(ClaimValue { node: NodeId(0), incarnation: 0 });
+        e.u16(v.node.0);
+        e.u64(v.incarnation);
+        e.u8(self.decided as u8);
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64, node: NodeId, copy: usize) -> Result<Claim, CorruptRecord> {
+        let (mut d, _) = Decoder::record(&buf[..RECORD_BYTES], RecordKind::Claim, offset, MAGIC_CLAIM, FORMAT_VERSION)?;
+        let seq = d.u64()?;
+        check_copy(seq, copy, &d)?;
+        let node = check_node(d.u16()?, node, &d)?;
+        let writer_incarnation = d.u64()?;
+        let epoch = d.u64()?;
+        let mbal = d.u64()?;
+        let bal = d.u64()?;
+        let value_node = d.u16()?;
+        let value_incarnation = d.u64()?;
+        let decided = decode_bool(d.u8()?, "decided", &d)?;
+        let value = match value_node {
+            0 => None,
+            n if n <= NODES_MAX => Some(ClaimValue { node: NodeId(n), incarnation: value_incarnation }),
+            n => return Err(d.invalid(format!("claimed node {n}"))),
+        };
+        if bal > mbal {
+            return Err(d.invalid(format!("accepted ballot {bal} above started ballot {mbal}")));
+        }
+        if (bal > 0) != value.is_some() || (decided && value.is_none()) {
+            return Err(d.invalid("ballot and value disagree"));
+        }
+        Ok(Claim { node, seq, writer_incarnation, epoch, mbal, bal, value, decided })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster state
+
+/// The cluster-wide state, written only by the master of `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterState {
+    pub epoch: u64,
+    pub seq: u64,
+    pub master: NodeId,
+    pub master_incarnation: u64,
+    pub written_unix_ms: u64,
+}
+
+impl ClusterState {
+    /// The copy this record belongs in.
+    pub fn copy(&self) -> usize {
+        cluster_state_copy(self.epoch, self.seq)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_CLUSTER_STATE, FORMAT_VERSION);
+        e.u64(self.seq);
+        e.u64(self.epoch);
+        e.u16(self.master.0);
+        e.u64(self.master_incarnation);
+        e.u64(self.written_unix_ms);
+        e.seal();
+        buf
+    }
+
+    /// Decodes copy `copy`; `Ok(None)` for a copy that was never written (blank).
+    pub fn decode(buf: &[u8], offset: u64, copy: usize) -> Result<Option<ClusterState>, CorruptRecord> {
+        let buf = &buf[..CLUSTER_STATE_RECORD_BYTES];
+        let (mut d, _) =
+            match Decoder::record(buf, RecordKind::ClusterState, offset, MAGIC_CLUSTER_STATE, FORMAT_VERSION) {
+                Err(CorruptRecord { problem: Problem::Blank, .. }) => return Ok(None),
+                other => other?,
+            };
+        let seq = d.u64()?;
+        let epoch = d.u64()?;
+        let master = d.u16()?;
+        if master == 0 || master > NODES_MAX {
+            return Err(d.invalid(format!("master node {master}")));
+        }
+        let state = ClusterState {
+            epoch,
+            seq,
+            master: NodeId(master),
+            master_incarnation: d.u64()?,
+            written_unix_ms: d.u64()?,
+        };
+        if state.copy() != copy {
+            return Err(d.invalid(format!("epoch {epoch} sequence {seq} stored in copy {copy}")));
+        }
+        Ok(Some(state))
+    }
+}
+
+/// Copy `(epoch % 2) * 2 + seq % 2` of the cluster state (see the module docs).
+pub fn cluster_state_copy(epoch: u64, seq: u64) -> usize {
+    ((epoch % 2) * 2 + seq % 2) as usize
+}
+
+/// Formats a byte count the way operators write it (64MiB, 4KiB, 5242880).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    for (unit, size) in UNITS {
+        if n >= size {
+            return format!("{:.1}{unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Parses sizes like `64MiB`, `64M`, `1GiB`, `512KiB`, `4096` (binary units; `MB` is 1000²).
+pub fn parse_size(s: &str) -> Result<u64, DbError> {
+    let bad =
+        || DbError::InvalidArgument(format!("invalid size {s:?}: use a number with an optional unit, like 64MiB"));
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1000,
+        "mb" => 1000_000,
+        "gb" => 1000_000_000,
+        "tb" => 1000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}

@@ -1,0 +1,746 @@
+//! [`NodeCore`]: one node's daemon logic (heartbeat, liveness, slot ownership, master claim,
+//! self-fencing) as a sans-IO state machine.
+//!
+//! The driver asks [`NodeCore::poll_action`] for the next I/O, performs it, and hands the result
+//! back with [`NodeCore::handle_completion`]; at most one I/O is outstanding. The core never
+//! reads a clock: every call takes `now`, milliseconds on the driver's monotonic clock.
+//!
+//! # Lifecycle
+//!
+//! * **Probe**: read the heartbeat region and the claims. If our slot shows a running daemon
+//!   (state up), watch it: if it moves within `dead_ms`, refuse to start and write nothing.
+//! * **Acquire**: write our first heartbeat with a new incarnation, wait two heartbeat
+//!   intervals, and read the slot again; if another daemon started at the same moment and
+//!   overwrote it, refuse (a delta lease, as sanlock's host ids).
+//! * **Running**: every `heartbeat_ms`, write the heartbeat, read all heartbeats, read all
+//!   claims, and claim the master role when the master is gone (see `claim`).
+//! * **Stopping**: write the heartbeat as cleanly down, then exit.
+//!
+//! # Fencing
+//!
+//! A node fences itself (stops acting and exits) when no heartbeat write has succeeded for
+//! `fence_ms` counted from when that write was *issued* (the data may be visible from then on),
+//! when its own slot holds another daemon's writes, or, as master, when a later epoch appears:
+//! some node judged it dead.
+
+use crate::claim::{Abort, Attempt, ClaimSummary, Step};
+use crate::error::CorruptRecord;
+use crate::format::*;
+use crate::liveness::{Liveness, NodeLiveness};
+use std::collections::VecDeque;
+
+/// What the core needs to know about its node and cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node: NodeId,
+    pub master_eligible: bool,
+    pub max_nodes: u16,
+    pub timing: Timing,
+    /// Master-eligible nodes of the node table, as a bitmap by slot index.
+    pub eligible_nodes: u128,
+    pub pid: u32,
+    pub host: String,
+}
+
+/// A failed I/O, as the core sees it: it only needs to know that it failed, and why for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoFailure(pub String);
+
+/// An I/O for the driver to perform. At most one is outstanding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    ReadHeartbeats,
+    /// The driver stamps `written_unix_ms` (display only) before writing.
+    WriteHeartbeat(Heartbeat),
+    ReadClaims,
+    WriteClaim(Claim),
+    /// The driver stamps `written_unix_ms` before writing.
+    WriteClusterState(ClusterState),
+}
+
+/// The result of the outstanding action.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    HeartbeatsRead(Result<Vec<Result<Heartbeat, CorruptRecord>>, IoFailure>),
+    ClaimsRead(Result<Vec<Result<Claim, CorruptRecord>>, IoFailure>),
+    Written(Result<(), IoFailure>),
+}
+
+/// Why a node fenced itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceReason {
+    /// No heartbeat write succeeded for `fence_ms`.
+    HeartbeatTimeout { since_ms: Millis },
+    /// Another daemon writes our heartbeat or claim slot.
+    SlotTaken { incarnation: u64 },
+    /// As master of `epoch`, we saw `newer` begun: the others judged us dead.
+    Deposed { epoch: u64, newer: u64 },
+}
+
+impl std::fmt::Display for FenceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FenceReason::HeartbeatTimeout { since_ms } => {
+                write!(f, "no heartbeat write has succeeded for {since_ms} ms (the disk is lost or stalled)")
+            }
+            FenceReason::SlotTaken { incarnation } => {
+                write!(f, "another daemon (incarnation {incarnation}) is writing this node's slot")
+            }
+            FenceReason::Deposed { epoch, newer } => {
+                write!(
+                    f,
+                    "master of epoch {epoch} was deposed: epoch {newer} has begun, so the others judged this node dead"
+                )
+            }
+        }
+    }
+}
+
+/// How the core ended. After this, `poll_action` returns nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped cleanly: the slot is marked down.
+    Stopped,
+    /// Refused to start; nothing was written (or only our own overwritten attempt).
+    Refused(Refusal),
+    /// Fenced: stop every service at once and exit with the fenced status.
+    Fenced(FenceReason),
+}
+
+/// Why a daemon refused to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another daemon runs (or started at the same moment) on this node's slot.
+    AlreadyRunning(String),
+    /// The disk could not be read or written.
+    Io(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::AlreadyRunning(why) | Refusal::Io(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Things worth a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { incarnation: u64 },
+    WaitingForStaleSlot { incarnation: u64 },
+    NodeLive { node: NodeId, incarnation: u64 },
+    NodeGone { node: NodeId, liveness: NodeLiveness },
+    ClaimStarted { epoch: u64, ballot: u64 },
+    ClaimAborted { epoch: u64, reason: Abort },
+    MasterKnown { epoch: u64, master: ClaimValue },
+    BecameMaster { epoch: u64 },
+    Corrupt(CorruptRecord),
+    IoFailed(String),
+    OwnClaimReset,
+}
+
+/// Bound on queued events; older ones are dropped (and counted) past it.
+pub const EVENTS_MAX: usize = 256;
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Probe { watching: Option<(u64, u64)>, since: Millis },
+    Acquire { written_at: Millis },
+    Running,
+    Stopping,
+    Done(Exit),
+}
+
+/// The I/O in flight and what it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    ProbeHeartbeats,
+    ProbeClaims,
+    AcquireWrite { issued_at: Millis },
+    AcquireCheck,
+    Heartbeat { issued_at: Millis },
+    Heartbeats,
+    Claims,
+    ClaimWrite,
+    CommitWrite { master: bool },
+    ClusterState,
+    FinalHeartbeat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Follower,
+    Master { epoch: u64 },
+}
+
+pub struct NodeCore {
+    config: NodeConfig,
+    me: ClaimValue,
+    phase: Phase,
+    pending: Option<Pending>,
+    /// A follow-up action decided by the last completion, issued by the next poll.
+    next: Option<(Action, Pending)>,
+    next_tick_at: Millis,
+    counter: u64,
+    /// When the last successful heartbeat write was issued.
+    heartbeat_ok_at: Option<Millis>,
+    last_written: Option<Heartbeat>,
+    liveness: Liveness,
+    /// Our claim block as last written or read.
+    own_claim: Option<Claim>,
+    claims: Vec<Result<Claim, CorruptRecord>>,
+    attempt: Option<Attempt>,
+    role: Role,
+    known_master: Option<(u64, ClaimValue)>,
+    /// When the master was first seen gone, for the staggered claim start.
+    master_gone_since: Option<Millis>,
+    retry_at: Millis,
+    stop_requested: bool,
+    reported_live: u128,
+    reported_corrupt: Vec<CorruptRecord>,
+    events: VecDeque<Event>,
+    events_dropped: u64,
+    cluster_state_seq: u64,
+}
+
+impl NodeCore {
+    pub fn new(config: NodeConfig, now: Millis) -> NodeCore {
+        assert!(config.node.0 >= 1 && config.node.0 <= config.max_nodes, "node id inside the cluster");
+        let liveness = Liveness::new(config.max_nodes, config.timing.dead_ms);
+        NodeCore {
+            me: ClaimValue { node: config.node, incarnation: 0 },
+            config,
+            phase: Phase::Probe { watching: None, since: now },
+            pending: None,
+            next: None,
+            next_tick_at: now,
+            counter: 0,
+            heartbeat_ok_at: None,
+            last_written: None,
+            liveness,
+            own_claim: None,
+            claims: Vec::new(),
+            attempt: None,
+            role: Role::Follower,
+            known_master: None,
+            master_gone_since: None,
+            retry_at: now,
+            stop_requested: false,
+            reported_live: 0,
+            reported_corrupt: Vec::new(),
+            events: VecDeque::new(),
+            events_dropped: 0,
+            cluster_state_seq: 0,
+        }
+    }
+
+    // --- getters ------------------------------------------------------------------------------
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+    pub fn incarnation(&self) -> u64 {
+        self.me.incarnation
+    }
+    /// The epoch this node is acting master of.
+    pub fn master_epoch(&self) -> Option<u64> {
+        match self.role {
+            Role::Master { epoch } if self.exit().is_none() => Some(epoch),
+            _ => None,
+        }
+    }
+    pub fn known_master(&self) -> Option<(u64, ClaimValue)> {
+        self.known_master
+    }
+    pub fn exit(&self) -> Option<&Exit> {
+        match &self.phase {
+            Phase::Done(exit) => Some(exit),
+            _ => None,
+        }
+    }
+    pub fn is_running(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+    }
+    pub fn liveness(&self, now: Millis, node: NodeId) -> NodeLiveness {
+        self.liveness.judge(now, node)
+    }
+    /// The instant at which this node must have fenced itself unless a heartbeat write succeeds
+    /// first; the driver's watchdog enforces it even while the core's thread is stuck in I/O.
+    pub fn fence_deadline(&self) -> Option<Millis> {
+        match self.phase {
+            Phase::Acquire { .. } | Phase::Running | Phase::Stopping => {
+                self.heartbeat_ok_at.map(|t| t + self.config.timing.fence_ms as Millis)
+            }
+            _ => None,
+        }
+    }
+    /// When `poll_action` will next have something to do (if nothing is outstanding).
+    pub fn next_deadline(&self) -> Millis {
+        let mut t = match self.phase {
+            Phase::Acquire { written_at } => written_at + self.acquire_wait_ms(),
+            _ => self.next_tick_at,
+        };
+        if let Some(f) = self.fence_deadline() {
+            t = t.min(f);
+        }
+        t
+    }
+
+    // --- commands -----------------------------------------------------------------------------
+
+    /// Asks for a graceful stop: the slot is marked down after the I/O in flight.
+    pub fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    // --- outputs ------------------------------------------------------------------------------
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    /// The next I/O to perform, if any is due. Returns `None` while one is outstanding.
+    pub fn poll_action(&mut self, now: Millis) -> Option<Action> {
+        if self.pending.is_some() || self.exit().is_some() {
+            return None;
+        }
+        // Time is checked before anything is written: a node that wakes from a freeze fences
+        // before it can act on a stale view.
+        if let Some(deadline) = self.fence_deadline() {
+            if now >= deadline {
+                let since_ms = now - self.heartbeat_ok_at.unwrap_or(now);
+                self.finish(Exit::Fenced(FenceReason::HeartbeatTimeout { since_ms }));
+                return None;
+            }
+        }
+        if self.stop_requested && self.next.is_none() {
+            match self.phase {
+                Phase::Probe { .. } | Phase::Acquire { .. } => {
+                    self.finish(Exit::Stopped);
+                    return None;
+                }
+                Phase::Running => {
+                    self.phase = Phase::Stopping;
+                    self.attempt = None;
+                    let hb = self.heartbeat(HeartbeatState::Down, 0);
+                    return self.issue(Action::WriteHeartbeat(hb), Pending::FinalHeartbeat);
+                }
+                _ => {}
+            }
+        }
+        if let Some((action, pending)) = self.next.take() {
+            return self.issue(action, pending);
+        }
+        match self.phase {
+            Phase::Probe { .. } if now >= self.next_tick_at => {
+                self.next_tick_at = now + self.config.timing.heartbeat_ms as Millis;
+                self.issue(Action::ReadHeartbeats, Pending::ProbeHeartbeats)
+            }
+            Phase::Acquire { written_at } if now >= written_at + self.acquire_wait_ms() => {
+                self.issue(Action::ReadHeartbeats, Pending::AcquireCheck)
+            }
+            Phase::Running if now >= self.next_tick_at => {
+                self.next_tick_at = now + self.config.timing.heartbeat_ms as Millis;
+                let epoch = self.master_epoch().unwrap_or(0);
+                let hb = self.heartbeat(HeartbeatState::Up, epoch);
+                self.issue(Action::WriteHeartbeat(hb), Pending::Heartbeat { issued_at: now })
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands back the result of the outstanding action.
+    pub fn handle_completion(&mut self, now: Millis, completion: Completion) {
+        let pending = self.pending.take().expect("a completion without an outstanding action");
+        match (pending, completion) {
+            (Pending::ProbeHeartbeats, Completion::HeartbeatsRead(r)) => self.on_probe_heartbeats(now, r),
+            (Pending::ProbeClaims, Completion::ClaimsRead(r)) => self.on_probe_claims(now, r),
+            (Pending::AcquireWrite { issued_at }, Completion::Written(r)) => match r {
+                Ok(()) => {
+                    self.heartbeat_ok_at = Some(issued_at);
+                    self.phase = Phase::Acquire { written_at: now };
+                }
+                Err(e) => self.finish(Exit::Refused(Refusal::Io(format!("cannot write the heartbeat slot: {}", e.0)))),
+            },
+            (Pending::AcquireCheck, Completion::HeartbeatsRead(r)) => self.on_acquire_check(now, r),
+            (Pending::Heartbeat { issued_at }, Completion::Written(r)) => match r {
+                Ok(()) => {
+                    self.heartbeat_ok_at = Some(issued_at);
+                    self.next = Some((Action::ReadHeartbeats, Pending::Heartbeats));
+                }
+                // A failed heartbeat write is retried at the next tick; fencing follows if they
+                // keep failing for fence_ms.
+                Err(e) => self.io_failed(e),
+            },
+            (Pending::Heartbeats, Completion::HeartbeatsRead(r)) => match r {
+                Ok(hbs) => {
+                    self.observe(now, &hbs);
+                    if self.check_own_heartbeat(&hbs) {
+                        self.next = Some((Action::ReadClaims, Pending::Claims));
+                    }
+                }
+                Err(e) => self.io_failed(e),
+            },
+            (Pending::Claims, Completion::ClaimsRead(r)) => match r {
+                Ok(claims) => self.on_claims(now, claims),
+                Err(e) => self.io_failed(e),
+            },
+            (Pending::ClaimWrite, Completion::Written(r)) => match r {
+                Ok(()) => self.next = Some((Action::ReadClaims, Pending::Claims)),
+                Err(e) => {
+                    self.attempt = None;
+                    self.io_failed(e);
+                }
+            },
+            (Pending::CommitWrite { master }, Completion::Written(r)) => match r {
+                Ok(()) if master => self.become_master(),
+                Ok(()) => {}
+                Err(e) => self.io_failed(e),
+            },
+            (Pending::ClusterState, Completion::Written(r)) => {
+                if let Err(e) = r {
+                    self.io_failed(e);
+                }
+            }
+            (Pending::FinalHeartbeat, Completion::Written(r)) => {
+                if let Err(e) = r {
+                    self.io_failed(e);
+                }
+                self.finish(Exit::Stopped);
+            }
+            (pending, completion) => {
+                panic!("completion {completion:?} does not answer {pending:?}")
+            }
+        }
+    }
+
+    // --- internals ----------------------------------------------------------------------------
+
+    fn acquire_wait_ms(&self) -> Millis {
+        2 * self.config.timing.heartbeat_ms as Millis
+    }
+
+    fn issue(&mut self, action: Action, pending: Pending) -> Option<Action> {
+        if let Action::WriteClaim(c) = &action {
+            self.own_claim = Some(c.clone());
+        }
+        if let Action::WriteHeartbeat(hb) = &action {
+            self.last_written = Some(hb.clone());
+        }
+        self.pending = Some(pending);
+        Some(action)
+    }
+
+    fn finish(&mut self, exit: Exit) {
+        self.next = None;
+        self.attempt = None;
+        self.phase = Phase::Done(exit);
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn io_failed(&mut self, e: IoFailure) {
+        self.event(Event::IoFailed(e.0));
+    }
+
+    fn heartbeat(&mut self, state: HeartbeatState, master_epoch: u64) -> Heartbeat {
+        self.counter += 1;
+        Heartbeat {
+            node: self.config.node,
+            state,
+            incarnation: self.me.incarnation,
+            counter: self.counter,
+            master_epoch,
+            written_unix_ms: 0,
+            pid: self.config.pid,
+            host: self.config.host.clone(),
+        }
+    }
+
+    /// Reports each corrupt record once, until it heals.
+    fn note_corrupt<T>(&mut self, records: &[Result<T, CorruptRecord>]) {
+        let now_bad: Vec<CorruptRecord> = records.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        for bad in &now_bad {
+            if !self.reported_corrupt.iter().any(|r| r.offset == bad.offset) {
+                self.event(Event::Corrupt(bad.clone()));
+            }
+        }
+        let kinds: Vec<_> = now_bad.iter().map(|b| b.kind).collect();
+        self.reported_corrupt.retain(|r| !kinds.contains(&r.kind));
+        self.reported_corrupt.extend(now_bad);
+    }
+
+    fn observe(&mut self, now: Millis, hbs: &[Result<Heartbeat, CorruptRecord>]) {
+        self.note_corrupt(hbs);
+        self.liveness.observe(now, hbs);
+        for node in NodeId::all(self.config.max_nodes) {
+            if node == self.config.node {
+                continue;
+            }
+            let bit = 1u128 << node.index();
+            let l = self.liveness.judge(now, node);
+            if l.is_live() && self.reported_live & bit == 0 {
+                self.reported_live |= bit;
+                let incarnation = self.liveness.heartbeat(node).map_or(0, |h| h.incarnation);
+                self.event(Event::NodeLive { node, incarnation });
+            } else if l.is_gone() && self.reported_live & bit != 0 {
+                self.reported_live &= !bit;
+                self.event(Event::NodeGone { node, liveness: l });
+            }
+        }
+    }
+
+    /// Our slot must hold exactly what we last wrote; anything else is another daemon.
+    fn check_own_heartbeat(&mut self, hbs: &[Result<Heartbeat, CorruptRecord>]) -> bool {
+        let mine = &hbs[self.config.node.index()];
+        match (mine, &self.last_written) {
+            (Ok(hb), Some(last)) if hb.incarnation != last.incarnation || hb.counter != last.counter => {
+                self.finish(Exit::Fenced(FenceReason::SlotTaken { incarnation: hb.incarnation }));
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn on_probe_heartbeats(&mut self, now: Millis, r: Result<Vec<Result<Heartbeat, CorruptRecord>>, IoFailure>) {
+        let hbs = match r {
+            Ok(hbs) => hbs,
+            Err(e) => {
+                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
+            }
+        };
+        self.observe(now, &hbs);
+        let Phase::Probe { watching, since } = self.phase.clone() else { unreachable!() };
+        let own = hbs[self.config.node.index()].as_ref().ok();
+        match (own, watching) {
+            (Some(hb), None) if hb.state == HeartbeatState::Up => {
+                self.event(Event::WaitingForStaleSlot { incarnation: hb.incarnation });
+                self.phase = Phase::Probe { watching: Some((hb.incarnation, hb.counter)), since: now };
+            }
+            (Some(hb), Some(seen)) if (hb.incarnation, hb.counter) != seen => {
+                let host = if hb.host.is_empty() { String::new() } else { format!(" on host {}", hb.host) };
+                self.finish(Exit::Refused(Refusal::AlreadyRunning(format!(
+                    "node {} is already running (incarnation {}, pid {}{}): its heartbeat is advancing",
+                    self.config.node, hb.incarnation, hb.pid, host
+                ))));
+            }
+            (_, Some(_)) if now < since + self.config.timing.dead_ms as Millis => {} // keep watching
+            _ => self.next = Some((Action::ReadClaims, Pending::ProbeClaims)),
+        }
+    }
+
+    fn on_probe_claims(&mut self, now: Millis, r: Result<Vec<Result<Claim, CorruptRecord>>, IoFailure>) {
+        let claims = match r {
+            Ok(c) => c,
+            Err(e) => return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the claim region: {}", e.0)))),
+        };
+        self.note_corrupt(&claims);
+        let idx = self.config.node.index();
+        let own_hb_incarnation = self.liveness.heartbeat(self.config.node).map_or(0, |h| h.incarnation);
+        let own = match &claims[idx] {
+            Ok(c) => c.clone(),
+            Err(_) => {
+                // Both copies are damaged: restart the block. Only this node's own proposals
+                // lived there, and this incarnation has made none.
+                self.event(Event::OwnClaimReset);
+                Claim::initial(self.config.node, 1)
+            }
+        };
+        self.me.incarnation = own_hb_incarnation.max(own.writer_incarnation) + 1;
+        self.own_claim = Some(own);
+        self.claims = claims;
+        let hb = self.heartbeat(HeartbeatState::Up, 0);
+        self.next = Some((Action::WriteHeartbeat(hb), Pending::AcquireWrite { issued_at: now }));
+    }
+
+    fn on_acquire_check(&mut self, now: Millis, r: Result<Vec<Result<Heartbeat, CorruptRecord>>, IoFailure>) {
+        let hbs = match r {
+            Ok(h) => h,
+            Err(e) => {
+                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
+            }
+        };
+        self.observe(now, &hbs);
+        if let Ok(hb) = &hbs[self.config.node.index()] {
+            let ours =
+                self.last_written.as_ref().is_some_and(|l| (l.incarnation, l.counter) == (hb.incarnation, hb.counter));
+            if !ours {
+                return self.finish(Exit::Refused(Refusal::AlreadyRunning(format!(
+                    "another sdc (pid {}) started on node {} at the same time",
+                    hb.pid, self.config.node
+                ))));
+            }
+        }
+        self.phase = Phase::Running;
+        self.next_tick_at = now;
+        self.event(Event::Started { incarnation: self.me.incarnation });
+    }
+
+    fn on_claims(&mut self, now: Millis, claims: Vec<Result<Claim, CorruptRecord>>) {
+        self.note_corrupt(&claims);
+        if let Some(attempt) = self.attempt.as_mut() {
+            let step = attempt.on_read(&claims);
+            let epoch = attempt.epoch();
+            self.claims = claims;
+            return self.on_attempt_step(now, epoch, step);
+        }
+        // Our own block must be ours.
+        if let (Ok(c), Some(own)) = (&claims[self.config.node.index()], &self.own_claim) {
+            if c != own {
+                return self.finish(Exit::Fenced(FenceReason::SlotTaken { incarnation: c.writer_incarnation }));
+            }
+        }
+        let summary = ClaimSummary::of(&claims);
+        self.claims = claims;
+        if let Role::Master { epoch } = self.role {
+            if summary.highest_epoch > epoch {
+                return self.finish(Exit::Fenced(FenceReason::Deposed { epoch, newer: summary.highest_epoch }));
+            }
+            return;
+        }
+        if let Some(decided) = summary.decided {
+            if self.known_master != Some(decided) {
+                self.known_master = Some(decided);
+                self.event(Event::MasterKnown { epoch: decided.0, master: decided.1 });
+                if decided.1 == self.me && decided.0 == summary.highest_epoch {
+                    // Decided for us while our commit was lost (we wrote phase 2 and stopped).
+                    return self.become_master_of(decided.0);
+                }
+            }
+        }
+        self.maybe_claim(now, &summary);
+    }
+
+    fn master_gone(&self, now: Millis, summary: &ClaimSummary) -> bool {
+        let Some((_, master)) = summary.decided else {
+            return true;
+        };
+        if master.node == self.config.node {
+            return master.incarnation != self.me.incarnation;
+        }
+        match self.liveness.heartbeat(master.node) {
+            Some(hb) if hb.incarnation != master.incarnation => true,
+            _ => self.liveness.judge(now, master.node).is_gone(),
+        }
+    }
+
+    /// Eligible nodes below us that may still be alive go first: they claim at once, we
+    /// wait two heartbeat intervals per such node. This avoids duelling ballots; safety does
+    /// not depend on it.
+    fn claim_delay_ms(&self, now: Millis) -> Millis {
+        let rank = NodeId::all(self.config.max_nodes)
+            .filter(|n| *n < self.config.node)
+            .filter(|n| self.config.eligible_nodes & (1u128 << n.index()) != 0)
+            .filter(|n| !self.liveness.judge(now, *n).is_gone())
+            .count() as Millis;
+        rank * 2 * self.config.timing.heartbeat_ms as Millis
+    }
+
+    fn maybe_claim(&mut self, now: Millis, summary: &ClaimSummary) {
+        if !self.config.master_eligible || self.stop_requested {
+            return;
+        }
+        if !self.master_gone(now, summary) {
+            self.master_gone_since = None;
+            return;
+        }
+        let since = *self.master_gone_since.get_or_insert(now);
+        if now < since + self.claim_delay_ms(now) || now < self.retry_at || !summary.unreadable.is_empty() {
+            return;
+        }
+        let own = self.own_claim.clone().expect("own claim known once running");
+        let epoch = summary.next_epoch().max(own.epoch);
+        let (attempt, block) = Attempt::start(self.me, &own, epoch, &self.claims);
+        self.event(Event::ClaimStarted { epoch, ballot: attempt.ballot() });
+        self.attempt = Some(attempt);
+        self.next = Some((Action::WriteClaim(block), Pending::ClaimWrite));
+    }
+
+    fn on_attempt_step(&mut self, now: Millis, epoch: u64, step: Step) {
+        match step {
+            Step::Write(block) => self.next = Some((Action::WriteClaim(block), Pending::ClaimWrite)),
+            Step::Decided { epoch, value, commit } => {
+                self.attempt = None;
+                self.known_master = Some((epoch, value));
+                self.event(Event::MasterKnown { epoch, master: value });
+                let master = value == self.me;
+                match commit {
+                    Some(block) => self.next = Some((Action::WriteClaim(block), Pending::CommitWrite { master })),
+                    None if master => self.become_master_of(epoch),
+                    None => {}
+                }
+            }
+            Step::Aborted(reason) => {
+                self.attempt = None;
+                if reason == Abort::OwnBlockOverwritten {
+                    let incarnation = match &self.claims[self.config.node.index()] {
+                        Ok(c) => c.writer_incarnation,
+                        Err(_) => 0,
+                    };
+                    return self.finish(Exit::Fenced(FenceReason::SlotTaken { incarnation }));
+                }
+                // Back off by a node-specific amount so that duelling candidates separate.
+                let stagger = 1 + (self.config.node.index() as Millis % 4);
+                self.retry_at = now + stagger * self.config.timing.heartbeat_ms as Millis;
+                self.event(Event::ClaimAborted { epoch, reason });
+            }
+        }
+    }
+
+    fn become_master(&mut self) {
+        let (epoch, _) = self.known_master.expect("decided before committing");
+        self.become_master_of(epoch);
+    }
+
+    fn become_master_of(&mut self, epoch: u64) {
+        self.role = Role::Master { epoch };
+        self.event(Event::BecameMaster { epoch });
+        self.cluster_state_seq += 1;
+        let state = ClusterState {
+            epoch,
+            seq: self.cluster_state_seq,
+            master: self.config.node,
+            master_incarnation: self.me.incarnation,
+            written_unix_ms: 0,
+        };
+        self.next = Some((Action::WriteClusterState(state), Pending::ClusterState));
+        // Announce at once rather than at the next tick.
+        self.next_tick_at = 0;
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Started { incarnation } => write!(f, "running as incarnation {incarnation}"),
+            Event::WaitingForStaleSlot { incarnation } => write!(
+                f,
+                "this node's slot shows a running daemon (incarnation {incarnation}); watching it for dead-ms before taking over"
+            ),
+            Event::NodeLive { node, incarnation } => write!(f, "node {node} is live (incarnation {incarnation})"),
+            Event::NodeGone { node, liveness } => match liveness {
+                NodeLiveness::NotRunning => write!(f, "node {node} stopped"),
+                _ => write!(f, "node {node} is dead: its heartbeat has been still for dead-ms"),
+            },
+            Event::ClaimStarted { epoch, ballot } => write!(f, "claiming master for epoch {epoch} (ballot {ballot})"),
+            Event::ClaimAborted { epoch, reason } => write!(f, "claim for epoch {epoch} aborted: {reason}"),
+            Event::MasterKnown { epoch, master } => {
+                write!(f, "master of epoch {epoch} is node {} (incarnation {})", master.node, master.incarnation)
+            }
+            Event::BecameMaster { epoch } => write!(f, "this node is now master (epoch {epoch})"),
+            Event::Corrupt(c) => write!(f, "{c}; not used"),
+            Event::IoFailed(e) => write!(f, "{e}"),
+            Event::OwnClaimReset => write!(f, "both copies of this node's claim block were unreadable; starting it afresh"),
+        }
+    }
+}
