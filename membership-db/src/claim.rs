@@ -249,3 +249,230 @@ impl ClaimSummary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// splitmix64: a seeded generator, so that every schedule replays from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn chance(&mut self, per_mille: u64) -> bool {
+            self.below(1000) < per_mille
+        }
+    }
+
+    enum State {
+        Idle,
+        /// A write not yet performed; then a read of every block.
+        Write {
+            block: Claim,
+            then_read: bool,
+        },
+        /// Reading block by block, in a random order, interleaved with everyone else.
+        Read {
+            got: Vec<Option<Claim>>,
+            left: Vec<usize>,
+        },
+        Crashed,
+    }
+
+    struct Candidate {
+        me: ClaimValue,
+        own: Claim,
+        attempt: Option<Attempt>,
+        state: State,
+        last_read: Vec<Result<Claim, CorruptRecord>>,
+        attempts_left: u32,
+    }
+
+    struct World {
+        blocks: Vec<Claim>,
+        /// Every value any candidate saw chosen, per epoch.
+        decided: HashMap<u64, ClaimValue>,
+        decisions: usize,
+    }
+
+    impl World {
+        fn record(&mut self, seed: u64, epoch: u64, value: ClaimValue) {
+            let first = *self.decided.entry(epoch).or_insert(value);
+            assert_eq!(first, value, "seed {seed}: epoch {epoch} decided twice: {first:?} and {value:?}");
+            self.decisions += 1;
+        }
+    }
+
+    fn start_read(n: usize, rng: &mut Rng) -> State {
+        let mut left: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            left.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        State::Read { got: vec![None; n], left }
+    }
+
+    /// Runs one schedule of `n` candidates; returns how many decisions were seen.
+    fn run_schedule(seed: u64, n: usize) -> usize {
+        let mut rng = Rng(seed);
+        let mut world = World {
+            blocks: (0..n).map(|i| Claim::initial(NodeId::from_index(i), 1)).collect(),
+            decided: HashMap::new(),
+            decisions: 0,
+        };
+        let mut cands: Vec<Candidate> = (0..n)
+            .map(|i| Candidate {
+                me: ClaimValue { node: NodeId::from_index(i), incarnation: 1 },
+                own: world.blocks[i].clone(),
+                attempt: None,
+                state: State::Idle,
+                last_read: world.blocks.iter().cloned().map(Ok).collect(),
+                attempts_left: 4,
+            })
+            .collect();
+
+        for _step in 0..4000 {
+            let i = rng.below(n as u64) as usize;
+            let c = &mut cands[i];
+            // Crash at any point; an unperformed write may or may not have reached the disk.
+            if !matches!(c.state, State::Crashed) && rng.chance(8) {
+                if let State::Write { block, .. } = &c.state {
+                    if rng.chance(500) {
+                        world.blocks[i] = block.clone();
+                    }
+                }
+                c.state = State::Crashed;
+                c.attempt = None;
+                continue;
+            }
+            match std::mem::replace(&mut c.state, State::Idle) {
+                State::Crashed => {
+                    if rng.chance(100) {
+                        // Restart: a new incarnation that knows only what its block says.
+                        c.me.incarnation += 1;
+                        c.own = world.blocks[i].clone();
+                        c.attempts_left = 3;
+                        c.state = start_read(n, &mut rng);
+                    } else {
+                        c.state = State::Crashed;
+                    }
+                }
+                State::Idle => {
+                    if c.attempts_left == 0 {
+                        continue;
+                    }
+                    c.attempts_left -= 1;
+                    let summary = ClaimSummary::of(&c.last_read);
+                    let epoch = summary.next_epoch().max(c.own.epoch);
+                    let (attempt, block) = Attempt::start(c.me, &c.own, epoch, &c.last_read);
+                    c.attempt = Some(attempt);
+                    c.state = State::Write { block, then_read: true };
+                }
+                State::Write { block, then_read } => {
+                    world.blocks[i] = block.clone();
+                    c.own = block;
+                    c.state = if then_read { start_read(n, &mut rng) } else { State::Idle };
+                }
+                State::Read { mut got, mut left } => {
+                    let j = left.pop().expect("reading");
+                    got[j] = Some(world.blocks[j].clone());
+                    if !left.is_empty() {
+                        c.state = State::Read { got, left };
+                        continue;
+                    }
+                    let blocks: Vec<Result<Claim, CorruptRecord>> = got.into_iter().map(|b| Ok(b.unwrap())).collect();
+                    c.last_read = blocks.clone();
+                    let Some(attempt) = c.attempt.as_mut() else {
+                        continue; // a survey read after a restart
+                    };
+                    match attempt.on_read(&blocks) {
+                        Step::Write(block) => c.state = State::Write { block, then_read: true },
+                        Step::Decided { epoch, value, commit } => {
+                            c.attempt = None;
+                            world.record(seed, epoch, value);
+                            if let Some(block) = commit {
+                                c.state = State::Write { block, then_read: false };
+                            }
+                        }
+                        Step::Aborted(Abort::OwnBlockOverwritten) => {
+                            panic!("seed {seed}: nobody else writes our block")
+                        }
+                        Step::Aborted(_) => c.attempt = None,
+                    }
+                }
+            }
+        }
+        world.decisions
+    }
+
+    /// Exactly one value per epoch however N candidates' block reads and writes interleave,
+    /// with candidates that crash mid-claim and restart with new incarnations.
+    #[test]
+    fn one_value_per_epoch_under_arbitrary_interleavings() {
+        let seeds: u64 = std::env::var("CLAIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(12_000);
+        let mut decisions = 0;
+        for seed in 0..seeds {
+            let n = 2 + (seed % 4) as usize;
+            decisions += run_schedule(seed, n);
+        }
+        // The schedules must actually reach decisions, or the test proves nothing.
+        assert!(decisions as u64 > seeds, "only {decisions} decisions in {seeds} schedules");
+    }
+
+    #[test]
+    fn lone_candidate_decides_itself_in_two_rounds() {
+        let me = ClaimValue { node: NodeId(2), incarnation: 7 };
+        let mut blocks: Vec<Result<Claim, CorruptRecord>> = (1..=3).map(|n| Ok(Claim::initial(NodeId(n), 1))).collect();
+        let own = blocks[1].clone().unwrap();
+        let (mut a, b1) = Attempt::start(me, &own, 1, &blocks);
+        assert_eq!(b1.mbal, ballot_above(NodeId(2), 0));
+        blocks[1] = Ok(b1);
+        let Step::Write(b2) = a.on_read(&blocks) else { panic!("phase 2 expected") };
+        assert_eq!(b2.value, Some(me));
+        blocks[1] = Ok(b2);
+        let Step::Decided { epoch: 1, value, commit: Some(c) } = a.on_read(&blocks) else {
+            panic!("decision expected")
+        };
+        assert_eq!(value, me);
+        assert!(c.decided);
+    }
+
+    #[test]
+    fn candidate_adopts_a_value_accepted_at_a_higher_ballot() {
+        let other = ClaimValue { node: NodeId(1), incarnation: 3 };
+        let me = ClaimValue { node: NodeId(2), incarnation: 1 };
+        let accepted = Claim { epoch: 4, mbal: 257, bal: 257, value: Some(other), ..Claim::initial(NodeId(1), 3) };
+        let mut blocks = vec![Ok(accepted), Ok(Claim::initial(NodeId(2), 1))];
+        let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(2), 1), 4, &blocks);
+        assert!(b1.mbal > 257);
+        blocks[1] = Ok(b1);
+        let Step::Write(b2) = a.on_read(&blocks) else { panic!() };
+        assert_eq!(b2.value, Some(other), "a possibly chosen value must be kept");
+    }
+
+    #[test]
+    fn unreadable_block_or_newer_epoch_aborts() {
+        let me = ClaimValue { node: NodeId(1), incarnation: 1 };
+        let corrupt = CorruptRecord {
+            kind: crate::error::RecordKind::Claim,
+            offset: 1024,
+            problem: crate::error::Problem::Blank,
+        };
+        let mut blocks = vec![Ok(Claim::initial(NodeId(1), 1)), Err(corrupt)];
+        let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(1), 1), 1, &blocks);
+        blocks[0] = Ok(b1.clone());
+        assert_eq!(a.on_read(&blocks), Step::Aborted(Abort::Unreadable(NodeId(2))));
+        let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(1), 1), 1, &blocks);
+        blocks[0] = Ok(b1);
+        blocks[1] = Ok(Claim { epoch: 2, ..Claim::initial(NodeId(2), 1) });
+        assert_eq!(a.on_read(&blocks), Step::Aborted(Abort::NewerEpoch { node: NodeId(2), epoch: 2 }));
+    }
+}

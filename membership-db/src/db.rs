@@ -335,3 +335,156 @@ impl MembershipDb {
         self.disk.write_at(self.layout.cluster_state_offset(state.copy()), &state.encode())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{open_disk, IoMode};
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A disk whose next write lands only partly: the first `keep` bytes, as a crash in the
+    /// middle of a multi-sector (or, for mmap, mid-copy) write leaves it.
+    struct TornDisk {
+        inner: Box<dyn Disk>,
+        keep: Arc<AtomicUsize>,
+    }
+
+    impl Disk for TornDisk {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+            match self.keep.swap(usize::MAX, Ordering::SeqCst) {
+                usize::MAX => self.inner.write_at(offset, data),
+                keep => {
+                    let mut torn = vec![0u8; data.len()];
+                    self.inner.read_at(offset, &mut torn)?;
+                    torn[..keep].copy_from_slice(&data[..keep]);
+                    self.inner.write_at(offset, &torn)
+                }
+            }
+        }
+        fn len_bytes(&self) -> u64 {
+            self.inner.len_bytes()
+        }
+        fn sector_bytes(&self) -> u32 {
+            self.inner.sector_bytes()
+        }
+        fn describe(&self) -> String {
+            "torn".into()
+        }
+    }
+
+    fn params() -> FormatParams {
+        FormatParams {
+            cluster_name: "t".into(),
+            max_nodes: 4,
+            timing: Timing::default(),
+            cluster_uuid: [7; 16],
+            now_unix_ms: 1,
+        }
+    }
+
+    fn file(dir: &tempfile::TempDir, size: u64) -> std::path::PathBuf {
+        let p = dir.path().join("disk");
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    }
+
+    #[test]
+    fn format_then_open_on_both_back_ends() {
+        for mode in [IoMode::Mmap, IoMode::Direct] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = file(&dir, 16 << 20);
+            let db = MembershipDb::format(open_disk(&p, mode, true).unwrap(), &params()).unwrap();
+            db.write_heartbeat(&Heartbeat { state: HeartbeatState::Up, counter: 9, ..Heartbeat::never(NodeId(2)) })
+                .unwrap();
+            drop(db);
+            let db = MembershipDb::open(open_disk(&p, mode, false).unwrap()).unwrap();
+            assert_eq!(db.superblock().cluster_name, "t");
+            assert_eq!(db.read_heartbeats().unwrap()[1].as_ref().unwrap().counter, 9);
+            assert!(db.read_node_table().unwrap().iter().all(|e| e.as_ref().is_ok_and(|e| !e.present)));
+            assert!(db.read_claims().unwrap().iter().all(|c| c.as_ref().is_ok_and(|c| c.epoch == 0)));
+            assert_eq!(db.read_cluster_state().unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn too_small_disk_is_refused_with_the_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, 1 << 20);
+        match MembershipDb::format(open_disk(&p, IoMode::Mmap, true).unwrap(), &params()) {
+            Err(DbError::TooSmall { minimum, .. }) => assert_eq!(minimum, Layout::new(4, 512).end()),
+            other => panic!("expected TooSmall, got {:?}", other.err()),
+        }
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0), "a refused format wrote nothing");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A torn write of a double-buffered record never loses the previous good copy: the
+        /// reader gets either the previous record or the new one, never an error.
+        #[test]
+        fn torn_double_buffered_writes_keep_the_previous_copy(keep in 0usize..512, updates in 1usize..6) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = file(&dir, 16 << 20);
+            let keep_next = Arc::new(AtomicUsize::new(usize::MAX));
+            let disk = TornDisk { inner: open_disk(&p, IoMode::Mmap, true).unwrap(), keep: keep_next.clone() };
+            let db = MembershipDb::format(Box::new(disk), &params()).unwrap();
+            let node = NodeId(3);
+
+            // Node table entry.
+            let mut last_good = None;
+            for i in 0..updates {
+                let copies = db.read_node_entry_copies().unwrap();
+                let seq = db.next_node_entry_seq(&copies[node.index()]);
+                let e = NodeEntry { present: true, name: format!("n{i}"), ..NodeEntry::absent(node, seq) };
+                db.write_node_entry(&e).unwrap();
+                last_good = Some(e);
+            }
+            let copies = db.read_node_entry_copies().unwrap();
+            let seq = db.next_node_entry_seq(&copies[node.index()]);
+            keep_next.store(keep, Ordering::SeqCst);
+            db.write_node_entry(&NodeEntry { present: true, name: "torn".into(), ..NodeEntry::absent(node, seq) }).unwrap();
+            let read = db.read_node_table().unwrap()[node.index()].clone().unwrap();
+            prop_assert!(read == last_good.unwrap() || read.name == "torn");
+
+            // Claim block.
+            let mut own = db.read_claims().unwrap()[node.index()].clone().unwrap();
+            for epoch in 1..=updates as u64 {
+                own = Claim { seq: own.seq + 1, epoch, mbal: 300, ..own };
+                db.write_claim(&own).unwrap();
+            }
+            keep_next.store(keep, Ordering::SeqCst);
+            db.write_claim(&Claim { seq: own.seq + 1, epoch: 99, ..own.clone() }).unwrap();
+            let read = db.read_claims().unwrap()[node.index()].clone().unwrap();
+            prop_assert!(read == own || read.epoch == 99);
+
+            // Cluster state.
+            let s1 = ClusterState { epoch: 5, seq: 1, master: node, master_incarnation: 2, written_unix_ms: 0 };
+            db.write_cluster_state(&s1).unwrap();
+            keep_next.store(keep * 8, Ordering::SeqCst);
+            db.write_cluster_state(&ClusterState { seq: 2, ..s1.clone() }).unwrap();
+            let read = db.read_cluster_state().unwrap().unwrap();
+            prop_assert!(read == s1 || read.seq == 2);
+        }
+    }
+
+    #[test]
+    fn superblock_survives_one_damaged_copy_and_not_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(&dir, 16 << 20);
+        drop(MembershipDb::format(open_disk(&p, IoMode::Mmap, true).unwrap(), &params()).unwrap());
+        let disk = open_disk(&p, IoMode::Mmap, true).unwrap();
+        disk.write_at(0, &[0xAB; 512]).unwrap();
+        let copies = read_superblocks(disk.as_ref()).unwrap();
+        assert_eq!(copies[0].as_ref().unwrap_err().offset, 0);
+        assert!(MembershipDb::open(disk).is_ok());
+        let disk = open_disk(&p, IoMode::Mmap, true).unwrap();
+        disk.write_at(4096, &[0xCD; 512]).unwrap();
+        assert!(matches!(MembershipDb::open(disk), Err(DbError::NotFormatted(_))));
+    }
+}

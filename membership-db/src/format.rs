@@ -790,3 +790,241 @@ pub fn parse_size(s: &str) -> Result<u64, DbError> {
     };
     n.checked_mul(mult).ok_or_else(bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Problem;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._-]{1,63}"
+    }
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::char::range(' ', '~'), 0..=max).prop_map(|v| v.into_iter().collect())
+    }
+    fn node(max: u16) -> impl Strategy<Value = NodeId> {
+        (1..=max).prop_map(NodeId)
+    }
+    fn timing() -> impl Strategy<Value = Timing> {
+        (10u32..=1000, 0u32..=5000, 0u32..=5000).prop_map(|(hb, extra_fence, extra_dead)| {
+            let fence_ms = 3 * hb + extra_fence;
+            Timing { heartbeat_ms: hb, fence_ms, dead_ms: fence_ms + hb + FENCE_SLACK_MS + 1 + extra_dead }
+        })
+    }
+    fn superblock() -> impl Strategy<Value = Superblock> {
+        (
+            any::<u64>(),
+            any::<[u8; 16]>(),
+            name(),
+            1..=NODES_MAX,
+            prop_oneof![Just(512u32), Just(1024), Just(4096)],
+            timing(),
+            any::<u64>(),
+            0u64..1 << 40,
+        )
+            .prop_map(
+                |(generation, cluster_uuid, cluster_name, max_nodes, slot_bytes, timing, created_unix_ms, extra)| {
+                    let disk_bytes = Layout::new(max_nodes, slot_bytes).end() + extra;
+                    Superblock {
+                        generation,
+                        cluster_uuid,
+                        cluster_name,
+                        max_nodes,
+                        slot_bytes,
+                        disk_bytes,
+                        timing,
+                        created_unix_ms,
+                    }
+                },
+            )
+    }
+    fn node_entry() -> impl Strategy<Value = (NodeEntry, usize)> {
+        (node(NODES_MAX), any::<u64>(), any::<bool>(), any::<bool>(), name(), text(ADDRESS_BYTES_MAX), any::<u64>())
+            .prop_map(|(node, seq, present, master_eligible, name, address, updated_unix_ms)| {
+                (NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms }, (seq % 2) as usize)
+            })
+    }
+    fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+        (
+            node(NODES_MAX),
+            prop_oneof![
+                Just(HeartbeatState::Never),
+                Just(HeartbeatState::Up),
+                Just(HeartbeatState::Down),
+                Just(HeartbeatState::Fenced)
+            ],
+            any::<(u64, u64, u64, u64, u32)>(),
+            text(HOST_BYTES_MAX),
+        )
+            .prop_map(|(node, state, (incarnation, counter, master_epoch, written_unix_ms, pid), host)| {
+                Heartbeat { node, state, incarnation, counter, master_epoch, written_unix_ms, pid, host }
+            })
+    }
+    fn claim() -> impl Strategy<Value = (Claim, usize)> {
+        (
+            node(NODES_MAX),
+            any::<(u64, u64, u64)>(),
+            0u64..1 << 60,
+            0u64..1 << 60,
+            proptest::option::of((node(NODES_MAX), any::<u64>())),
+            any::<bool>(),
+        )
+            .prop_map(|(node, (seq, writer_incarnation, epoch), mbal, bal_seed, value, decided)| {
+                let value = value.map(|(node, incarnation)| ClaimValue { node, incarnation });
+                let bal = if value.is_some() { 1 + bal_seed % mbal.max(1) } else { 0 };
+                let mbal = mbal.max(bal);
+                let decided = decided && value.is_some();
+                (Claim { node, seq, writer_incarnation, epoch, mbal, bal, value, decided }, (seq % 2) as usize)
+            })
+    }
+    fn cluster_state() -> impl Strategy<Value = ClusterState> {
+        (any::<(u64, u64, u64, u64)>(), node(NODES_MAX)).prop_map(
+            |((epoch, seq, master_incarnation, written_unix_ms), master)| ClusterState {
+                epoch,
+                seq,
+                master,
+                master_incarnation,
+                written_unix_ms,
+            },
+        )
+    }
+
+    /// Flipping any byte of an encoded record makes it fail to decode, and never panics.
+    fn assert_flip_detected<T: std::fmt::Debug>(
+        buf: &[u8],
+        pos: usize,
+        bit: u8,
+        decode: impl Fn(&[u8]) -> Result<T, CorruptRecord>,
+    ) {
+        let mut bad = buf.to_vec();
+        bad[pos] ^= 1 << bit;
+        let r = decode(&bad);
+        assert!(r.is_err(), "flip at byte {pos} bit {bit} went unnoticed: {r:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn superblock_round_trips(sb in superblock(), pos in 0usize..RECORD_BYTES, bit in 0u8..8) {
+            let buf = sb.encode();
+            prop_assert_eq!(Superblock::decode(&buf, 0).unwrap(), sb);
+            assert_flip_detected(&buf, pos, bit, |b| Superblock::decode(b, 0));
+        }
+
+        #[test]
+        fn node_entry_round_trips((e, copy) in node_entry(), pos in 0usize..RECORD_BYTES, bit in 0u8..8) {
+            let buf = e.encode();
+            prop_assert_eq!(NodeEntry::decode(&buf, 8192, e.node, copy).unwrap(), e.clone());
+            assert_flip_detected(&buf, pos, bit, |b| NodeEntry::decode(b, 8192, e.node, copy));
+        }
+
+        #[test]
+        fn heartbeat_round_trips(hb in heartbeat(), pos in 0usize..RECORD_BYTES, bit in 0u8..8) {
+            let buf = hb.encode();
+            prop_assert_eq!(Heartbeat::decode(&buf, 0, hb.node).unwrap(), hb.clone());
+            assert_flip_detected(&buf, pos, bit, |b| Heartbeat::decode(b, 0, hb.node));
+        }
+
+        #[test]
+        fn claim_round_trips((c, copy) in claim(), pos in 0usize..RECORD_BYTES, bit in 0u8..8) {
+            let buf = c.encode();
+            prop_assert_eq!(Claim::decode(&buf, 0, c.node, copy).unwrap(), c.clone());
+            assert_flip_detected(&buf, pos, bit, |b| Claim::decode(b, 0, c.node, copy));
+        }
+
+        #[test]
+        fn cluster_state_round_trips(s in cluster_state(), pos in 0usize..CLUSTER_STATE_RECORD_BYTES, bit in 0u8..8) {
+            let buf = s.encode();
+            prop_assert_eq!(ClusterState::decode(&buf, 0, s.copy()).unwrap(), Some(s.clone()));
+            assert_flip_detected(&buf, pos, bit, |b| ClusterState::decode(b, 0, s.copy()).map(|_| ()));
+        }
+
+        /// Arbitrary bytes never panic a decoder.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), CLUSTER_STATE_RECORD_BYTES)) {
+            let _ = Superblock::decode(&bytes, 0);
+            let _ = NodeEntry::decode(&bytes, 0, NodeId(1), 0);
+            let _ = Heartbeat::decode(&bytes, 0, NodeId(1));
+            let _ = Claim::decode(&bytes, 0, NodeId(1), 1);
+            let _ = ClusterState::decode(&bytes, 0, 0);
+        }
+    }
+
+    #[test]
+    fn record_in_the_wrong_slot_or_copy_is_corrupt() {
+        let e = NodeEntry { present: true, name: "a".into(), ..NodeEntry::absent(NodeId(3), 4) };
+        let buf = e.encode();
+        assert!(matches!(NodeEntry::decode(&buf, 0, NodeId(2), 0).unwrap_err().problem, Problem::Invalid(_)));
+        assert!(matches!(NodeEntry::decode(&buf, 0, NodeId(3), 1).unwrap_err().problem, Problem::Invalid(_)));
+    }
+
+    #[test]
+    fn newer_record_version_is_named_as_newer() {
+        let mut buf = Heartbeat::never(NodeId(1)).encode();
+        buf[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let n = buf.len();
+        let crc = crc32fast::hash(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let e = Heartbeat::decode(&buf, 4096, NodeId(1)).unwrap_err();
+        assert_eq!(e.problem, Problem::NewerVersion { found: FORMAT_VERSION + 1, supported: FORMAT_VERSION });
+        assert_eq!(e.offset, 4096);
+    }
+
+    #[test]
+    fn newest_copy_wins_and_one_bad_copy_is_survived() {
+        let bad =
+            |off| Err(CorruptRecord { kind: crate::error::RecordKind::Claim, offset: off, problem: Problem::Blank });
+        let c = |seq| Ok(Claim::initial(NodeId(1), seq));
+        assert_eq!(newest(&[c(4), c(5)], |c| c.seq).unwrap().seq, 5);
+        assert_eq!(newest(&[c(6), c(5)], |c| c.seq).unwrap().seq, 6);
+        assert_eq!(newest(&[bad(0), c(5)], |c| c.seq).unwrap().seq, 5);
+        assert_eq!(newest::<Claim>(&[bad(0), bad(512)], |c| c.seq).unwrap_err().offset, 0);
+    }
+
+    #[test]
+    fn timing_rule_is_enforced() {
+        assert!(Timing::default().validate().is_ok());
+        let t = Timing { heartbeat_ms: 100, dead_ms: 800, fence_ms: 600 };
+        assert!(t.validate().unwrap_err().contains("dead-ms"));
+        assert!(Timing { heartbeat_ms: 100, dead_ms: 5000, fence_ms: 200 }.validate().is_err());
+        assert!(Timing { heartbeat_ms: 5, dead_ms: 5000, fence_ms: 200 }.validate().is_err());
+    }
+
+    #[test]
+    fn layout_regions_are_aligned_and_disjoint() {
+        for max_nodes in [1, 3, 32, NODES_MAX] {
+            for slot in [512, 4096] {
+                let l = Layout::new(max_nodes, slot);
+                let mut end = 0;
+                for r in l.regions {
+                    assert_eq!(r.offset % BLOCK_BYTES, 0);
+                    assert_eq!(r.offset, end);
+                    end = r.offset + r.len;
+                }
+                let last = NodeId(max_nodes);
+                assert!(
+                    l.claim_offset(last, 1) + slot as u64
+                        <= l.region(RegionKind::Claim).offset + l.region(RegionKind::Claim).len
+                );
+                assert!(
+                    l.heartbeat_offset(last) + slot as u64
+                        <= l.region(RegionKind::Heartbeat).offset + l.region(RegionKind::Heartbeat).len
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999TiB").is_err());
+        assert_eq!(human_bytes(64 << 20), "64MiB");
+    }
+}
