@@ -3,6 +3,7 @@
 use crate::cli::ReadArgs;
 use crate::util::{open_db, print_json, snapshot};
 use crate::{exit, CmdResult};
+use membership_db::format::HeartbeatState;
 use membership_db::status::ClusterStatus;
 
 pub fn run(a: ReadArgs) -> CmdResult {
@@ -31,7 +32,7 @@ fn print_text(s: &ClusterStatus) {
     println!("epoch {}, master: {master}", s.epoch);
     println!();
     println!(
-        "{:<5} {:<16} {:<6} {:<5} {:>13} {:<7} {:<12} {:<8} HOST",
+        "{:<5} {:<16} {:<10} {:<5} {:>13} {:<7} {:<12} {:<8} HOST",
         "NODE", "NAME", "STATE", "LIVE", "HEARTBEAT-AGE", "ELIGIBLE", "INCARNATION", "PID"
     );
     for n in &s.nodes {
@@ -42,7 +43,7 @@ fn print_text(s: &ClusterStatus) {
         };
         let state = if s.master == Some(n.node) { "master" } else { n.heartbeat_state.map_or("?", |h| h.name()) };
         println!(
-            "{:<5} {:<16} {:<6} {:<5} {:>13} {:<7} {:<12} {:<8} {}",
+            "{:<5} {:<16} {:<10} {:<5} {:>13} {:<7} {:<12} {:<8} {}",
             n.node.0,
             n.name,
             state,
