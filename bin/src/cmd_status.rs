@@ -41,7 +41,12 @@ fn print_text(s: &ClusterStatus) {
             Some(ms) => format!("{} s", ms / 1000),
             None => "-".into(),
         };
-        let state = if s.master == Some(n.node) { "master" } else { n.heartbeat_state.map_or("?", |h| h.name()) };
+        let state = match n.heartbeat_state {
+            _ if s.master == Some(n.node) => "master",
+            Some(HeartbeatState::Up) if !n.live => "dead",
+            Some(h) => h.name(),
+            None => "unreadable",
+        };
         println!(
             "{:<5} {:<16} {:<10} {:<5} {:>13} {:<7} {:<12} {:<8} {}",
             n.node.0,
