@@ -137,3 +137,118 @@ pub fn run(db: &MembershipDb, config: NodeConfig, stop: &AtomicBool, log: &mut d
         std::thread::sleep(Duration::from_millis(wait));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::FormatParams;
+    use crate::format::{NodeId, Timing};
+    use crate::io::{open_disk, Disk, IoMode};
+
+    /// A disk whose writes block forever once `hang_after` writes have been made: a lost SAN
+    /// path, where the syscall never returns.
+    struct HangingDisk {
+        inner: Box<dyn Disk>,
+        writes: AtomicU64,
+        hang_after: u64,
+    }
+
+    impl Disk for HangingDisk {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) >= self.hang_after {
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            self.inner.write_at(offset, data)
+        }
+        fn len_bytes(&self) -> u64 {
+            self.inner.len_bytes()
+        }
+        fn sector_bytes(&self) -> u32 {
+            self.inner.sector_bytes()
+        }
+        fn describe(&self) -> String {
+            "hanging".into()
+        }
+    }
+
+    const CHILD_ENV: &str = "SDC_TEST_HANGING_DISK_CHILD";
+    const TIMING: Timing = Timing { heartbeat_ms: 50, dead_ms: 600, fence_ms: 300 };
+
+    /// In the child: run a node whose disk hangs after a few seconds of heartbeats.
+    fn child(dir: &str) -> ! {
+        let path = std::path::Path::new(dir).join("disk");
+        std::fs::File::create(&path).unwrap().set_len(16 << 20).unwrap();
+        let params = FormatParams {
+            cluster_name: "w".into(),
+            max_nodes: 2,
+            timing: TIMING,
+            cluster_uuid: [1; 16],
+            now_unix_ms: 0,
+        };
+        drop(MembershipDb::format(open_disk(&path, IoMode::Mmap, true).unwrap(), &params).unwrap());
+        // 40 writes: acquisition, election and about a second of heartbeats.
+        let disk = HangingDisk {
+            inner: open_disk(&path, IoMode::Mmap, true).unwrap(),
+            writes: AtomicU64::new(0),
+            hang_after: 40,
+        };
+        let db = MembershipDb::open(Box::new(disk)).unwrap();
+        let config = NodeConfig {
+            node: NodeId(1),
+            master_eligible: true,
+            max_nodes: 2,
+            timing: TIMING,
+            eligible_nodes: 0b11,
+            pid: std::process::id(),
+            host: "test".into(),
+        };
+        let stop = AtomicBool::new(false);
+        let exit = run(&db, config, &stop, &mut |e| eprintln!("child: {e}"));
+        // Unreachable when the watchdog works: the main thread is stuck in write_at.
+        eprintln!("child: run returned {exit:?}");
+        std::process::exit(99)
+    }
+
+    #[test]
+    fn watchdog_fences_while_the_main_thread_is_stuck_in_a_write() {
+        if let Ok(dir) = std::env::var(CHILD_ENV) {
+            child(&dir);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "daemon::tests::watchdog_fences_while_the_main_thread_is_stuck_in_a_write",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a broken watchdog leaves the child stuck in write_at forever.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let status = status.unwrap_or_else(|| panic!("the stuck node never fenced; stderr:\n{stderr}"));
+        assert_eq!(status.code(), Some(EXIT_FENCED), "child stderr:\n{stderr}");
+        assert!(stderr.contains("FENCED"), "child stderr:\n{stderr}");
+        assert!(stderr.contains("this node is now master"), "the node ran before the disk hung:\n{stderr}");
+    }
+}
