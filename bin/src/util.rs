@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn utc_formats_known_instants() {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::utc(1_795_000_000_123), "2026-11-18T09:46:40.123Z");
+        assert_eq!(super::utc(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
