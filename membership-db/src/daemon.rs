@@ -96,10 +96,6 @@ pub fn perform(db: &MembershipDb, action: Action) -> Completion {
             Completion::Written(db.write_heartbeat(&hb).map_err(failure))
         }
         Action::WriteClaim(c) => Completion::Written(db.write_claim(&c).map_err(failure)),
-        Action::WriteClusterState(mut s) => {
-            s.written_unix_ms = unix_ms();
-            Completion::Written(db.write_cluster_state(&s).map_err(failure))
-        }
     }
 }
 

@@ -167,6 +167,19 @@ impl MembershipDb {
         for kind in [RegionKind::ClusterState, RegionKind::NodeSlots, RegionKind::Layers] {
             db.zero_region(db.layout.region(kind))?;
         }
+        let stride = db.layout.node_record_stride() as u32;
+        let requests: Vec<u8> = nodes
+            .iter()
+            .flat_map(|&n| [0, 1].map(|seq| padded(NodeRequest::initial(n, seq).encode(), stride)))
+            .flatten()
+            .collect();
+        db.disk.write_at(db.layout.node_request_offset(NodeId(1), 0), &requests)?;
+        let acks: Vec<u8> = nodes
+            .iter()
+            .flat_map(|&n| [0, 1].map(|seq| padded(AckRecord::initial(n, seq).encode(), stride)))
+            .flatten()
+            .collect();
+        db.disk.write_at(db.layout.ack_offset(NodeId(1), 0), &acks)?;
         let sb = db.superblock.encode();
         for copy in 0..2 {
             db.disk.write_at(db.layout.superblock_offset(copy), &padded(sb.clone(), BLOCK_BYTES as u32))?;
@@ -315,7 +328,7 @@ impl MembershipDb {
         (0..CLUSTER_STATE_COPIES as usize)
             .map(|copy| {
                 let off = self.layout.cluster_state_offset(copy);
-                let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES];
+                let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES_MAX];
                 self.disk.read_at(off, &mut buf)?;
                 Ok(ClusterState::decode(&buf, off, copy))
             })
@@ -333,6 +346,63 @@ impl MembershipDb {
 
     pub fn write_cluster_state(&self, state: &ClusterState) -> Result<(), DbError> {
         self.disk.write_at(self.layout.cluster_state_offset(state.copy()), &state.encode())
+    }
+
+    // --- node requests and acknowledgements ------------------------------------------------------
+
+    fn read_node_records<T: Clone>(
+        &self,
+        first: u64,
+        decode: impl Fn(&[u8], u64, NodeId, usize) -> Result<T, CorruptRecord>,
+        offset: impl Fn(NodeId, usize) -> u64,
+    ) -> Result<Vec<[Result<T, CorruptRecord>; 2]>, DbError> {
+        let stride = self.layout.node_record_stride() as usize;
+        let mut buf = vec![0u8; self.max_nodes() as usize * 2 * stride];
+        self.disk.read_at(first, &mut buf)?;
+        Ok(NodeId::all(self.max_nodes())
+            .map(|node| {
+                [0usize, 1].map(|copy| {
+                    let at = (node.index() * 2 + copy) * stride;
+                    decode(&buf[at..at + stride], offset(node, copy), node, copy)
+                })
+            })
+            .collect())
+    }
+
+    /// Both copies of every node's request record.
+    pub fn read_request_copies(&self) -> Result<Vec<[Result<NodeRequest, CorruptRecord>; 2]>, DbError> {
+        let l = &self.layout;
+        self.read_node_records(l.node_request_offset(NodeId(1), 0), NodeRequest::decode, |n, c| {
+            l.node_request_offset(n, c)
+        })
+    }
+
+    /// The newest valid request of every node.
+    pub fn read_requests(&self) -> Result<Vec<Result<NodeRequest, CorruptRecord>>, DbError> {
+        Ok(self.read_request_copies()?.iter().map(|c| newest(c, |r| r.seq)).collect())
+    }
+
+    pub fn write_request(&self, request: &NodeRequest) -> Result<(), DbError> {
+        self.check_node_id(request.node)?;
+        let off = self.layout.node_request_offset(request.node, (request.seq % 2) as usize);
+        self.disk.write_at(off, &padded(request.encode(), self.layout.node_record_stride() as u32))
+    }
+
+    /// Both copies of every node's acknowledgement record.
+    pub fn read_ack_copies(&self) -> Result<Vec<[Result<AckRecord, CorruptRecord>; 2]>, DbError> {
+        let l = &self.layout;
+        self.read_node_records(l.ack_offset(NodeId(1), 0), AckRecord::decode, |n, c| l.ack_offset(n, c))
+    }
+
+    /// The newest valid acknowledgement record of every node.
+    pub fn read_acks(&self) -> Result<Vec<Result<AckRecord, CorruptRecord>>, DbError> {
+        Ok(self.read_ack_copies()?.iter().map(|c| newest(c, |r| r.seq)).collect())
+    }
+
+    pub fn write_acks(&self, acks: &AckRecord) -> Result<(), DbError> {
+        self.check_node_id(acks.node)?;
+        let off = self.layout.ack_offset(acks.node, (acks.seq % 2) as usize);
+        self.disk.write_at(off, &padded(acks.encode(), self.layout.node_record_stride() as u32))
     }
 }
 
@@ -464,7 +534,7 @@ mod tests {
             prop_assert!(read == own || read.epoch == 99);
 
             // Cluster state.
-            let s1 = ClusterState { epoch: 5, seq: 1, master: node, master_incarnation: 2, written_unix_ms: 0 };
+            let s1 = ClusterState { seq: 1, ..ClusterState::new(4, 5, node, 2) };
             db.write_cluster_state(&s1).unwrap();
             keep_next.store(keep * 8, Ordering::SeqCst);
             db.write_cluster_state(&ClusterState { seq: 2, ..s1.clone() }).unwrap();

@@ -13,6 +13,8 @@ pub enum RecordKind {
     Heartbeat,
     Claim,
     ClusterState,
+    NodeRequest,
+    Acks,
 }
 
 impl fmt::Display for RecordKind {
@@ -23,6 +25,8 @@ impl fmt::Display for RecordKind {
             RecordKind::Heartbeat => "heartbeat record",
             RecordKind::Claim => "claim record",
             RecordKind::ClusterState => "cluster state record",
+            RecordKind::NodeRequest => "node request record",
+            RecordKind::Acks => "acknowledgement record",
         })
     }
 }

@@ -269,6 +269,20 @@ impl Layout {
     pub fn cluster_state_offset(&self, copy: usize) -> u64 {
         self.region(RegionKind::ClusterState).offset + copy as u64 * CLUSTER_STATE_COPY_BYTES
     }
+    /// Stride of node request and acknowledgement records: a record, or a slot if larger.
+    pub fn node_record_stride(&self) -> u64 {
+        (NODE_RECORD_BYTES as u64).max(self.slot_bytes as u64)
+    }
+    /// Node slots region: every node's two request copies, then every node's two ack copies.
+    pub fn node_request_offset(&self, node: NodeId, copy: usize) -> u64 {
+        self.region(RegionKind::NodeSlots).offset + (node.index() as u64 * 2 + copy as u64) * self.node_record_stride()
+    }
+    pub fn ack_offset(&self, node: NodeId, copy: usize) -> u64 {
+        let requests = self.max_nodes as u64 * 2 * self.node_record_stride();
+        self.region(RegionKind::NodeSlots).offset
+            + requests
+            + (node.index() as u64 * 2 + copy as u64) * self.node_record_stride()
+    }
     pub fn contains(&self, node: NodeId) -> bool {
         (1..=self.max_nodes).contains(&node.0)
     }
@@ -456,6 +470,8 @@ pub struct NodeEntry {
     pub name: String,
     pub address: String,
     pub updated_unix_ms: u64,
+    /// Bumped by `sdc leave`: the node's daemon leaves gracefully when it sees it change.
+    pub leave_requests: u64,
 }
 
 impl NodeEntry {
@@ -468,6 +484,7 @@ impl NodeEntry {
             name: String::new(),
             address: String::new(),
             updated_unix_ms: 0,
+            leave_requests: 0,
         }
     }
 
@@ -481,6 +498,7 @@ impl NodeEntry {
         e.text(&self.name, NAME_BYTES_MAX + 1);
         e.long_text(&self.address, ADDRESS_BYTES_MAX + 1);
         e.u64(self.updated_unix_ms);
+        e.u64(self.leave_requests);
         e.seal();
         buf
     }
@@ -496,10 +514,11 @@ impl NodeEntry {
         let name = d.text(NAME_BYTES_MAX + 1, "name")?;
         let address = d.long_text(ADDRESS_BYTES_MAX + 1, "address")?;
         let updated_unix_ms = d.u64()?;
+        let leave_requests = d.u64()?;
         if present {
             validate_node_name(&name).map_err(|e| d.invalid(e))?;
         }
-        Ok(NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms })
+        Ok(NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms, leave_requests })
     }
 }
 
@@ -689,7 +708,206 @@ impl Claim {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cluster state
+// Membership: cluster state, node requests and acknowledgements
+
+/// Most layers (registered subsystem orders) in a cluster.
+pub const LAYERS_MAX: usize = 16;
+/// Most barriers a layer may ask for, per transition kind.
+pub const BARRIERS_MAX: u8 = 8;
+/// Longest layer name, in bytes.
+pub const LAYER_NAME_BYTES_MAX: usize = 23;
+/// Largest cluster state record; the rest of each 64 KiB copy is reserved.
+pub const CLUSTER_STATE_RECORD_BYTES_MAX: usize = 16 * 1024;
+/// Size of a node request or acknowledgement record.
+pub const NODE_RECORD_BYTES: usize = 2048;
+
+const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX as u64 <= CLUSTER_STATE_COPY_BYTES);
+const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX % CLUSTER_STATE_RECORD_BYTES == 0);
+// Both node records of every node, two copies each, fit the per-node reservation at any slot size.
+const _: () = assert!(2 * 2 * BLOCK_BYTES <= NODE_SLOTS_BYTES_PER_NODE);
+
+const MAGIC_NODE_REQUEST: u32 = u32::from_le_bytes(*b"SDRQ");
+const MAGIC_ACKS: u32 = u32::from_le_bytes(*b"SDAK");
+
+/// Barriers a layer asks for in each kind of transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Barriers {
+    pub join: u8,
+    pub leave: u8,
+    pub forced_leave: u8,
+}
+
+impl Barriers {
+    pub fn of(&self, kind: TransitionKind) -> u8 {
+        match kind {
+            TransitionKind::Join => self.join,
+            TransitionKind::Leave => self.leave,
+            TransitionKind::ForcedLeave => self.forced_leave,
+        }
+    }
+    pub fn one_each() -> Barriers {
+        Barriers { join: 1, leave: 1, forced_leave: 1 }
+    }
+}
+
+/// A registered subsystem level: its global order (lower first on join and forced leave), its
+/// name, and its barriers per transition kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct LayerSpec {
+    pub order: u32,
+    pub name: String,
+    pub barriers: Barriers,
+}
+
+/// Checks a set of registrations: orders unique and above 0 (the membership manager's own),
+/// names valid, barrier counts within bounds, at most `LAYERS_MAX`.
+pub fn validate_layers(layers: &[LayerSpec]) -> Result<(), String> {
+    if layers.len() > LAYERS_MAX {
+        return Err(format!("{} layers registered; at most {LAYERS_MAX}", layers.len()));
+    }
+    for (i, l) in layers.iter().enumerate() {
+        if l.order == 0 {
+            return Err(format!("layer {}: order 0 belongs to the membership manager", l.name));
+        }
+        if l.name.is_empty() || l.name.len() > LAYER_NAME_BYTES_MAX || l.name.chars().any(|c| c.is_control()) {
+            return Err(format!("layer name {:?} must be 1 to {LAYER_NAME_BYTES_MAX} printable bytes", l.name));
+        }
+        for b in [l.barriers.join, l.barriers.leave, l.barriers.forced_leave] {
+            if b > BARRIERS_MAX {
+                return Err(format!("layer {}: {b} barriers; at most {BARRIERS_MAX}", l.name));
+            }
+        }
+        if layers[..i].iter().any(|o| o.order == l.order) {
+            return Err(format!("order {} is registered twice", l.order));
+        }
+    }
+    Ok(())
+}
+
+/// The kinds of transition (seed 004).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransitionKind {
+    Join = 1,
+    Leave = 2,
+    ForcedLeave = 3,
+}
+
+impl TransitionKind {
+    fn from_u8(v: u8) -> Option<TransitionKind> {
+        [TransitionKind::Join, TransitionKind::Leave, TransitionKind::ForcedLeave].into_iter().find(|k| *k as u8 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TransitionKind::Join => "join",
+            TransitionKind::Leave => "leave",
+            TransitionKind::ForcedLeave => "forced-leave",
+        }
+    }
+}
+
+/// A node's membership state (seed 004).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberState {
+    Inactive = 0,
+    Joining = 1,
+    Joined = 2,
+    Leaving = 3,
+    ForcedLeaving = 4,
+}
+
+impl MemberState {
+    fn from_u8(v: u8) -> Option<MemberState> {
+        [
+            MemberState::Inactive,
+            MemberState::Joining,
+            MemberState::Joined,
+            MemberState::Leaving,
+            MemberState::ForcedLeaving,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Inactive => "inactive",
+            MemberState::Joining => "joining",
+            MemberState::Joined => "joined",
+            MemberState::Leaving => "leaving",
+            MemberState::ForcedLeaving => "forced-leaving",
+        }
+    }
+    /// In the cluster: its subsystems take part in transitions.
+    pub fn is_member(self) -> bool {
+        matches!(self, MemberState::Joining | MemberState::Joined | MemberState::Leaving)
+    }
+}
+
+/// Why a join was refused or aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReason {
+    /// The joining node registers a layer with other barrier counts than the cluster.
+    BarrierMismatch = 1,
+    /// A subsystem answered the join notification with a nack.
+    Nacked = 2,
+    /// The joining node's registrations are invalid (too many, duplicate orders).
+    InvalidLayers = 3,
+}
+
+/// A join refused or aborted, kept until that node's next incarnation asks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct JoinRefusal {
+    pub incarnation: u64,
+    pub reason: RefusalReason,
+    /// The layer concerned.
+    pub order: u32,
+    /// The node whose subsystem nacked (for `Nacked`).
+    pub node: u16,
+    /// Barriers the joining node registered, and the cluster's (for `BarrierMismatch`).
+    pub ours: u8,
+    pub theirs: u8,
+}
+
+/// One node's place in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub state: MemberState,
+    /// The incarnation this state is about.
+    pub incarnation: u64,
+    pub refusal: Option<JoinRefusal>,
+}
+
+impl Member {
+    pub const INACTIVE: Member = Member { state: MemberState::Inactive, incarnation: 0, refusal: None };
+}
+
+/// Where a transition is: a layer (by order) and a barrier within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Position {
+    pub order: u32,
+    pub barrier: u8,
+}
+
+/// A transition in flight, sequenced by the master.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Transition {
+    /// Unique in the cluster's life; never reused.
+    pub id: u64,
+    pub subject: NodeId,
+    pub subject_incarnation: u64,
+    pub kind: TransitionKind,
+    /// The position every participant is being notified of.
+    pub position: Position,
+    /// Only layers at or below this order take part (a forced leave runs only up to the
+    /// highest layer the aborted graceful transition reached).
+    pub upper: Option<u32>,
+    /// A graceful leave asked for while joining: turned into a leave at the next layer boundary.
+    pub leave_requested: bool,
+    /// Nodes that must acknowledge each position, as a bitmap by slot index.
+    pub participants: u128,
+}
 
 /// The cluster-wide state, written only by the master of `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -699,46 +917,212 @@ pub struct ClusterState {
     pub master: NodeId,
     pub master_incarnation: u64,
     pub written_unix_ms: u64,
+    pub next_transition_id: u64,
+    /// The agreed layer table, by order.
+    pub layers: Vec<LayerSpec>,
+    /// One entry per node slot.
+    pub members: Vec<Member>,
+    pub transitions: Vec<Transition>,
 }
 
+const CLUSTER_STATE_HEADER_BYTES: usize = 4 + 2 + 4 + 8 * 2 + 2 + 8 * 3;
+const LAYER_BYTES: usize = 4 + 1 + LAYER_NAME_BYTES_MAX + 3;
+const MEMBER_BYTES: usize = 1 + 8 + 1 + 8 + 1 + 4 + 2 + 1 + 1;
+const TRANSITION_BYTES: usize = 8 + 2 + 8 + 1 + 4 + 1 + 1 + 4 + 1 + 16;
+
 impl ClusterState {
+    /// A new cluster's state: every node inactive, no layers, nothing in flight.
+    pub fn new(max_nodes: u16, epoch: u64, master: NodeId, master_incarnation: u64) -> ClusterState {
+        ClusterState {
+            epoch,
+            seq: 0,
+            master,
+            master_incarnation,
+            written_unix_ms: 0,
+            next_transition_id: 1,
+            layers: Vec::new(),
+            members: vec![Member::INACTIVE; max_nodes as usize],
+            transitions: Vec::new(),
+        }
+    }
+
     /// The copy this record belongs in.
     pub fn copy(&self) -> usize {
         cluster_state_copy(self.epoch, self.seq)
     }
 
+    pub fn member(&self, node: NodeId) -> Member {
+        self.members.get(node.index()).copied().unwrap_or(Member::INACTIVE)
+    }
+
+    pub fn transition_of(&self, node: NodeId) -> Option<&Transition> {
+        self.transitions.iter().find(|t| t.subject == node)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let body = CLUSTER_STATE_HEADER_BYTES
+            + 1
+            + self.layers.len() * LAYER_BYTES
+            + 2
+            + self.members.len() * MEMBER_BYTES
+            + 2
+            + self.transitions.len() * TRANSITION_BYTES
+            + 4;
+        round_up(body as u64, CLUSTER_STATE_RECORD_BYTES as u64) as usize
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES];
+        let len = self.encoded_len();
+        assert!(len <= CLUSTER_STATE_RECORD_BYTES_MAX, "cluster state of {len} bytes exceeds its bound");
+        assert!(self.layers.len() <= LAYERS_MAX && self.members.len() <= NODES_MAX as usize);
+        let mut buf = vec![0u8; len];
         let mut e = Encoder::record(&mut buf, MAGIC_CLUSTER_STATE, FORMAT_VERSION);
+        e.u32(len as u32);
         e.u64(self.seq);
         e.u64(self.epoch);
         e.u16(self.master.0);
         e.u64(self.master_incarnation);
         e.u64(self.written_unix_ms);
+        e.u64(self.next_transition_id);
+        e.u8(self.layers.len() as u8);
+        for l in &self.layers {
+            encode_layer(&mut e, l);
+        }
+        e.u16(self.members.len() as u16);
+        for m in &self.members {
+            e.u8(m.state as u8);
+            e.u64(m.incarnation);
+            match &m.refusal {
+                None => e.bytes(&[0u8; 1 + 8 + 1 + 4 + 2 + 1 + 1]),
+                Some(r) => {
+                    e.u8(1);
+                    e.u64(r.incarnation);
+                    e.u8(r.reason as u8);
+                    e.u32(r.order);
+                    e.u16(r.node);
+                    e.u8(r.ours);
+                    e.u8(r.theirs);
+                }
+            }
+        }
+        e.u16(self.transitions.len() as u16);
+        for t in &self.transitions {
+            e.u64(t.id);
+            e.u16(t.subject.0);
+            e.u64(t.subject_incarnation);
+            e.u8(t.kind as u8);
+            e.u32(t.position.order);
+            e.u8(t.position.barrier);
+            e.u8(t.upper.is_some() as u8);
+            e.u32(t.upper.unwrap_or(0));
+            e.u8(t.leave_requested as u8);
+            e.bytes(&t.participants.to_le_bytes());
+        }
         e.seal();
         buf
     }
 
-    /// Decodes copy `copy`; `Ok(None)` for a copy that was never written (blank).
+    /// Decodes copy `copy` from a buffer of at least `CLUSTER_STATE_RECORD_BYTES_MAX` bytes;
+    /// `Ok(None)` for a copy that was never written (blank).
     pub fn decode(buf: &[u8], offset: u64, copy: usize) -> Result<Option<ClusterState>, CorruptRecord> {
-        let buf = &buf[..CLUSTER_STATE_RECORD_BYTES];
-        let (mut d, _) =
-            match Decoder::record(buf, RecordKind::ClusterState, offset, MAGIC_CLUSTER_STATE, FORMAT_VERSION) {
-                Err(CorruptRecord { problem: Problem::Blank, .. }) => return Ok(None),
-                other => other?,
-            };
+        let corrupt = |problem| CorruptRecord { kind: RecordKind::ClusterState, offset, problem };
+        if buf.len() < CLUSTER_STATE_RECORD_BYTES {
+            return Err(corrupt(Problem::Truncated));
+        }
+        if buf[..CLUSTER_STATE_RECORD_BYTES].iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(buf[6..10].try_into().unwrap()) as usize;
+        let len_ok = len >= CLUSTER_STATE_RECORD_BYTES
+            && len <= CLUSTER_STATE_RECORD_BYTES_MAX.min(buf.len())
+            && len % CLUSTER_STATE_RECORD_BYTES == 0;
+        // A wrong length is reported after the magic and version checks, which name it better.
+        let frame = if len_ok { &buf[..len] } else { &buf[..CLUSTER_STATE_RECORD_BYTES] };
+        let (mut d, _) = Decoder::record(frame, RecordKind::ClusterState, offset, MAGIC_CLUSTER_STATE, FORMAT_VERSION)?;
+        if !len_ok {
+            return Err(d.invalid(format!("record length {len}")));
+        }
+        d.u32()?;
         let seq = d.u64()?;
         let epoch = d.u64()?;
         let master = d.u16()?;
         if master == 0 || master > NODES_MAX {
             return Err(d.invalid(format!("master node {master}")));
         }
+        let master_incarnation = d.u64()?;
+        let written_unix_ms = d.u64()?;
+        let next_transition_id = d.u64()?;
+        let layer_count = d.u8()? as usize;
+        if layer_count > LAYERS_MAX {
+            return Err(d.invalid(format!("{layer_count} layers")));
+        }
+        let layers = (0..layer_count).map(|_| decode_layer(&mut d)).collect::<Result<Vec<_>, _>>()?;
+        validate_layers(&layers).map_err(|e| d.invalid(e))?;
+        let member_count = d.u16()? as usize;
+        if member_count > NODES_MAX as usize {
+            return Err(d.invalid(format!("{member_count} members")));
+        }
+        let mut members = Vec::with_capacity(member_count);
+        for _ in 0..member_count {
+            let raw = d.u8()?;
+            let state = MemberState::from_u8(raw).ok_or_else(|| d.invalid(format!("member state {raw}")))?;
+            let incarnation = d.u64()?;
+            let has_refusal = decode_bool(d.u8()?, "refusal", &d)?;
+            let (r_inc, r_reason, order, node, ours, theirs) =
+                (d.u64()?, d.u8()?, d.u32()?, d.u16()?, d.u8()?, d.u8()?);
+            let refusal = if has_refusal {
+                let reason = match r_reason {
+                    1 => RefusalReason::BarrierMismatch,
+                    2 => RefusalReason::Nacked,
+                    3 => RefusalReason::InvalidLayers,
+                    other => return Err(d.invalid(format!("refusal reason {other}"))),
+                };
+                Some(JoinRefusal { incarnation: r_inc, reason, order, node, ours, theirs })
+            } else {
+                None
+            };
+            members.push(Member { state, incarnation, refusal });
+        }
+        let transition_count = d.u16()? as usize;
+        if transition_count > NODES_MAX as usize {
+            return Err(d.invalid(format!("{transition_count} transitions")));
+        }
+        let mut transitions = Vec::with_capacity(transition_count);
+        for _ in 0..transition_count {
+            let id = d.u64()?;
+            let subject = d.u16()?;
+            if subject == 0 || subject as usize > member_count {
+                return Err(d.invalid(format!("transition subject {subject}")));
+            }
+            let subject_incarnation = d.u64()?;
+            let raw = d.u8()?;
+            let kind = TransitionKind::from_u8(raw).ok_or_else(|| d.invalid(format!("transition kind {raw}")))?;
+            let position = Position { order: d.u32()?, barrier: d.u8()? };
+            let has_upper = decode_bool(d.u8()?, "upper", &d)?;
+            let upper = d.u32()?;
+            let leave_requested = decode_bool(d.u8()?, "leave requested", &d)?;
+            let participants = u128::from_le_bytes(d.bytes(16)?.try_into().unwrap());
+            transitions.push(Transition {
+                id,
+                subject: NodeId(subject),
+                subject_incarnation,
+                kind,
+                position,
+                upper: has_upper.then_some(upper),
+                leave_requested,
+                participants,
+            });
+        }
         let state = ClusterState {
             epoch,
             seq,
             master: NodeId(master),
-            master_incarnation: d.u64()?,
-            written_unix_ms: d.u64()?,
+            master_incarnation,
+            written_unix_ms,
+            next_transition_id,
+            layers,
+            members,
+            transitions,
         };
         if state.copy() != copy {
             return Err(d.invalid(format!("epoch {epoch} sequence {seq} stored in copy {copy}")));
@@ -747,9 +1131,159 @@ impl ClusterState {
     }
 }
 
+fn encode_layer(e: &mut Encoder<'_>, l: &LayerSpec) {
+    e.u32(l.order);
+    e.text(&l.name, LAYER_NAME_BYTES_MAX);
+    e.u8(l.barriers.join);
+    e.u8(l.barriers.leave);
+    e.u8(l.barriers.forced_leave);
+}
+
+fn decode_layer(d: &mut Decoder<'_>) -> Result<LayerSpec, CorruptRecord> {
+    Ok(LayerSpec {
+        order: d.u32()?,
+        name: d.text(LAYER_NAME_BYTES_MAX, "layer name")?,
+        barriers: Barriers { join: d.u8()?, leave: d.u8()?, forced_leave: d.u8()? },
+    })
+}
+
 /// Copy `(epoch % 2) * 2 + seq % 2` of the cluster state (see the module docs).
 pub fn cluster_state_copy(epoch: u64, seq: u64) -> usize {
     ((epoch % 2) * 2 + seq % 2) as usize
+}
+
+/// What a node's daemon asks of the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Want {
+    /// Nothing: the daemon is not running, or has just started.
+    Nothing = 0,
+    Join = 1,
+    Leave = 2,
+}
+
+/// A node's request record: written only by that node, double-buffered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeRequest {
+    pub node: NodeId,
+    pub seq: u64,
+    /// The daemon incarnation asking.
+    pub incarnation: u64,
+    pub want: Want,
+    /// The subsystems registered on this node.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl NodeRequest {
+    pub fn initial(node: NodeId, seq: u64) -> NodeRequest {
+        NodeRequest { node, seq, incarnation: 0, want: Want::Nothing, layers: Vec::new() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.layers.len() <= LAYERS_MAX, "layer registrations bounded");
+        let mut buf = vec![0u8; NODE_RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_NODE_REQUEST, FORMAT_VERSION);
+        e.u64(self.seq);
+        e.u16(self.node.0);
+        e.u64(self.incarnation);
+        e.u8(self.want as u8);
+        e.u8(self.layers.len() as u8);
+        for l in &self.layers {
+            encode_layer(&mut e, l);
+        }
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64, node: NodeId, copy: usize) -> Result<NodeRequest, CorruptRecord> {
+        let (mut d, _) = Decoder::record(
+            &buf[..NODE_RECORD_BYTES],
+            RecordKind::NodeRequest,
+            offset,
+            MAGIC_NODE_REQUEST,
+            FORMAT_VERSION,
+        )?;
+        let seq = d.u64()?;
+        check_copy(seq, copy, &d)?;
+        let node = check_node(d.u16()?, node, &d)?;
+        let incarnation = d.u64()?;
+        let want = match d.u8()? {
+            0 => Want::Nothing,
+            1 => Want::Join,
+            2 => Want::Leave,
+            other => return Err(d.invalid(format!("request {other}"))),
+        };
+        let count = d.u8()? as usize;
+        if count > LAYERS_MAX {
+            return Err(d.invalid(format!("{count} layers")));
+        }
+        let layers = (0..count).map(|_| decode_layer(&mut d)).collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeRequest { node, seq, incarnation, want, layers })
+    }
+}
+
+/// One acknowledgement: this node's subsystems have processed `position` of `transition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ack {
+    pub transition: u64,
+    pub position: Position,
+    /// A subsystem refused (meaningful for a join: it aborts it).
+    pub nack: bool,
+}
+
+/// A node's acknowledgement record: written only by that node, double-buffered. Holds the
+/// latest acknowledged position of each transition in flight.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AckRecord {
+    pub node: NodeId,
+    pub seq: u64,
+    pub incarnation: u64,
+    pub acks: Vec<Ack>,
+}
+
+impl AckRecord {
+    pub fn initial(node: NodeId, seq: u64) -> AckRecord {
+        AckRecord { node, seq, incarnation: 0, acks: Vec::new() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.acks.len() <= NODES_MAX as usize, "one ack per transition in flight");
+        let mut buf = vec![0u8; NODE_RECORD_BYTES];
+        let mut e = Encoder::record(&mut buf, MAGIC_ACKS, FORMAT_VERSION);
+        e.u64(self.seq);
+        e.u16(self.node.0);
+        e.u64(self.incarnation);
+        e.u16(self.acks.len() as u16);
+        for a in &self.acks {
+            e.u64(a.transition);
+            e.u32(a.position.order);
+            e.u8(a.position.barrier);
+            e.u8(a.nack as u8);
+        }
+        e.seal();
+        buf
+    }
+
+    pub fn decode(buf: &[u8], offset: u64, node: NodeId, copy: usize) -> Result<AckRecord, CorruptRecord> {
+        let (mut d, _) =
+            Decoder::record(&buf[..NODE_RECORD_BYTES], RecordKind::Acks, offset, MAGIC_ACKS, FORMAT_VERSION)?;
+        let seq = d.u64()?;
+        check_copy(seq, copy, &d)?;
+        let node = check_node(d.u16()?, node, &d)?;
+        let incarnation = d.u64()?;
+        let count = d.u16()? as usize;
+        if count > NODES_MAX as usize {
+            return Err(d.invalid(format!("{count} acknowledgements")));
+        }
+        let mut acks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let transition = d.u64()?;
+            let position = Position { order: d.u32()?, barrier: d.u8()? };
+            let nack = decode_bool(d.u8()?, "nack", &d)?;
+            acks.push(Ack { transition, position, nack });
+        }
+        Ok(AckRecord { node, seq, incarnation, acks })
+    }
 }
 
 /// Formats a byte count the way operators write it (64MiB, 4KiB, 5242880).
@@ -840,10 +1374,30 @@ mod tests {
             )
     }
     fn node_entry() -> impl Strategy<Value = (NodeEntry, usize)> {
-        (node(NODES_MAX), any::<u64>(), any::<bool>(), any::<bool>(), name(), text(ADDRESS_BYTES_MAX), any::<u64>())
-            .prop_map(|(node, seq, present, master_eligible, name, address, updated_unix_ms)| {
-                (NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms }, (seq % 2) as usize)
-            })
+        (
+            node(NODES_MAX),
+            any::<(u64, u64)>(),
+            any::<bool>(),
+            any::<bool>(),
+            name(),
+            text(ADDRESS_BYTES_MAX),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(node, (seq, leave_requests), present, master_eligible, name, address, updated_unix_ms)| {
+                    let e = NodeEntry {
+                        node,
+                        seq,
+                        present,
+                        master_eligible,
+                        name,
+                        address,
+                        updated_unix_ms,
+                        leave_requests,
+                    };
+                    (e, (seq % 2) as usize)
+                },
+            )
     }
     fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         (
@@ -878,15 +1432,110 @@ mod tests {
                 (Claim { node, seq, writer_incarnation, epoch, mbal, bal, value, decided }, (seq % 2) as usize)
             })
     }
-    fn cluster_state() -> impl Strategy<Value = ClusterState> {
-        (any::<(u64, u64, u64, u64)>(), node(NODES_MAX)).prop_map(
-            |((epoch, seq, master_incarnation, written_unix_ms), master)| ClusterState {
-                epoch,
-                seq,
-                master,
-                master_incarnation,
-                written_unix_ms,
+    fn layer() -> impl Strategy<Value = LayerSpec> {
+        (1u32..1000, "[a-z]{1,23}", 0..=BARRIERS_MAX, 0..=BARRIERS_MAX, 0..=BARRIERS_MAX).prop_map(
+            |(order, name, join, leave, forced_leave)| LayerSpec {
+                order,
+                name,
+                barriers: Barriers { join, leave, forced_leave },
             },
+        )
+    }
+    fn layers() -> impl Strategy<Value = Vec<LayerSpec>> {
+        proptest::collection::vec(layer(), 0..=LAYERS_MAX).prop_map(|mut v| {
+            v.sort_by_key(|l| l.order);
+            v.dedup_by_key(|l| l.order);
+            v
+        })
+    }
+    fn member() -> impl Strategy<Value = Member> {
+        let refusal = proptest::option::of((any::<(u64, u32, u16, u8, u8)>(), 1u8..=3)).prop_map(|r| {
+            r.map(|((incarnation, order, node, ours, theirs), reason)| JoinRefusal {
+                incarnation,
+                reason: match reason {
+                    1 => RefusalReason::BarrierMismatch,
+                    2 => RefusalReason::Nacked,
+                    _ => RefusalReason::InvalidLayers,
+                },
+                order,
+                node,
+                ours,
+                theirs,
+            })
+        });
+        (0u8..=4, any::<u64>(), refusal).prop_map(|(state, incarnation, refusal)| Member {
+            state: MemberState::from_u8(state).unwrap(),
+            incarnation,
+            refusal,
+        })
+    }
+    fn cluster_state() -> impl Strategy<Value = ClusterState> {
+        (
+            any::<(u64, u64, u64, u64, u64)>(),
+            node(NODES_MAX),
+            layers(),
+            proptest::collection::vec(member(), 1..=NODES_MAX as usize),
+        )
+            .prop_flat_map(|(ids, master, layers, members)| {
+                let n = members.len() as u16;
+                let transition =
+                    (any::<(u64, u64, u32, u8, bool, u128)>(), node(n), 1u8..=3, proptest::option::of(any::<u32>()))
+                        .prop_map(
+                            |(
+                                (id, subject_incarnation, order, barrier, leave_requested, participants),
+                                subject,
+                                kind,
+                                upper,
+                            )| {
+                                Transition {
+                                    id,
+                                    subject,
+                                    subject_incarnation,
+                                    kind: TransitionKind::from_u8(kind).unwrap(),
+                                    position: Position { order, barrier },
+                                    upper,
+                                    leave_requested,
+                                    participants,
+                                }
+                            },
+                        );
+                (Just((ids, master, layers, members)), proptest::collection::vec(transition, 0..=n as usize))
+            })
+            .prop_map(
+                |(
+                    ((epoch, seq, master_incarnation, written_unix_ms, next_transition_id), master, layers, members),
+                    transitions,
+                )| {
+                    ClusterState {
+                        epoch,
+                        seq,
+                        master,
+                        master_incarnation,
+                        written_unix_ms,
+                        next_transition_id,
+                        layers,
+                        members,
+                        transitions,
+                    }
+                },
+            )
+    }
+    fn node_request() -> impl Strategy<Value = (NodeRequest, usize)> {
+        (node(NODES_MAX), any::<(u64, u64)>(), 0u8..=2, layers()).prop_map(
+            |(node, (seq, incarnation), want, layers)| {
+                let want = [Want::Nothing, Want::Join, Want::Leave][want as usize];
+                (NodeRequest { node, seq, incarnation, want, layers }, (seq % 2) as usize)
+            },
+        )
+    }
+    fn ack_record() -> impl Strategy<Value = (AckRecord, usize)> {
+        let ack = any::<(u64, u32, u8, bool)>().prop_map(|(transition, order, barrier, nack)| Ack {
+            transition,
+            position: Position { order, barrier },
+            nack,
+        });
+        (node(NODES_MAX), any::<(u64, u64)>(), proptest::collection::vec(ack, 0..=NODES_MAX as usize)).prop_map(
+            |(node, (seq, incarnation), acks)| (AckRecord { node, seq, incarnation, acks }, (seq % 2) as usize),
         )
     }
 
@@ -935,20 +1584,37 @@ mod tests {
         }
 
         #[test]
-        fn cluster_state_round_trips(s in cluster_state(), pos in 0usize..CLUSTER_STATE_RECORD_BYTES, bit in 0u8..8) {
+        fn cluster_state_round_trips(s in cluster_state(), pos in 0usize..CLUSTER_STATE_RECORD_BYTES_MAX, bit in 0u8..8) {
             let buf = s.encode();
+            prop_assert!(buf.len() <= CLUSTER_STATE_RECORD_BYTES_MAX);
             prop_assert_eq!(ClusterState::decode(&buf, 0, s.copy()).unwrap(), Some(s.clone()));
-            assert_flip_detected(&buf, pos, bit, |b| ClusterState::decode(b, 0, s.copy()).map(|_| ()));
+            assert_flip_detected(&buf, pos % buf.len(), bit, |b| ClusterState::decode(b, 0, s.copy()).map(|_| ()));
+        }
+
+        #[test]
+        fn node_request_round_trips((r, copy) in node_request(), pos in 0usize..NODE_RECORD_BYTES, bit in 0u8..8) {
+            let buf = r.encode();
+            prop_assert_eq!(NodeRequest::decode(&buf, 0, r.node, copy).unwrap(), r.clone());
+            assert_flip_detected(&buf, pos, bit, |b| NodeRequest::decode(b, 0, r.node, copy));
+        }
+
+        #[test]
+        fn ack_record_round_trips((a, copy) in ack_record(), pos in 0usize..NODE_RECORD_BYTES, bit in 0u8..8) {
+            let buf = a.encode();
+            prop_assert_eq!(AckRecord::decode(&buf, 0, a.node, copy).unwrap(), a.clone());
+            assert_flip_detected(&buf, pos, bit, |b| AckRecord::decode(b, 0, a.node, copy));
         }
 
         /// Arbitrary bytes never panic a decoder.
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), CLUSTER_STATE_RECORD_BYTES)) {
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), CLUSTER_STATE_RECORD_BYTES_MAX)) {
             let _ = Superblock::decode(&bytes, 0);
             let _ = NodeEntry::decode(&bytes, 0, NodeId(1), 0);
             let _ = Heartbeat::decode(&bytes, 0, NodeId(1));
             let _ = Claim::decode(&bytes, 0, NodeId(1), 1);
             let _ = ClusterState::decode(&bytes, 0, 0);
+            let _ = NodeRequest::decode(&bytes, 0, NodeId(1), 0);
+            let _ = AckRecord::decode(&bytes, 0, NodeId(1), 0);
         }
     }
 

@@ -54,8 +54,6 @@ pub enum Action {
     WriteHeartbeat(Heartbeat),
     ReadClaims,
     WriteClaim(Claim),
-    /// The driver stamps `written_unix_ms` before writing.
-    WriteClusterState(ClusterState),
 }
 
 /// The result of the outstanding action.
@@ -164,7 +162,6 @@ enum Pending {
     Claims,
     ClaimWrite,
     CommitWrite { master: bool },
-    ClusterState,
     FinalHeartbeat,
 }
 
@@ -201,7 +198,6 @@ pub struct NodeCore {
     reported_corrupt: Vec<CorruptRecord>,
     events: VecDeque<Event>,
     events_dropped: u64,
-    cluster_state_seq: u64,
 }
 
 impl NodeCore {
@@ -231,7 +227,6 @@ impl NodeCore {
             reported_corrupt: Vec::new(),
             events: VecDeque::new(),
             events_dropped: 0,
-            cluster_state_seq: 0,
         }
     }
 
@@ -401,11 +396,6 @@ impl NodeCore {
                 Ok(()) => {}
                 Err(e) => self.io_failed(e),
             },
-            (Pending::ClusterState, Completion::Written(r)) => {
-                if let Err(e) = r {
-                    self.io_failed(e);
-                }
-            }
             (Pending::FinalHeartbeat, Completion::Written(r)) => {
                 if let Err(e) = r {
                     self.io_failed(e);
@@ -705,15 +695,6 @@ impl NodeCore {
     fn become_master_of(&mut self, epoch: u64) {
         self.role = Role::Master { epoch };
         self.event(Event::BecameMaster { epoch });
-        self.cluster_state_seq += 1;
-        let state = ClusterState {
-            epoch,
-            seq: self.cluster_state_seq,
-            master: self.config.node,
-            master_incarnation: self.me.incarnation,
-            written_unix_ms: 0,
-        };
-        self.next = Some((Action::WriteClusterState(state), Pending::ClusterState));
         // Announce at once rather than at the next tick.
         self.next_tick_at = 0;
     }
@@ -777,7 +758,6 @@ mod tests {
         now: Millis,
         hbs: Vec<Heartbeat>,
         claims: Vec<Claim>,
-        states: Vec<ClusterState>,
         slots: Vec<Slot>,
         eligible: u128,
         rng: Rng,
@@ -791,7 +771,6 @@ mod tests {
                 now: 1,
                 hbs: NodeId::all(n).map(Heartbeat::never).collect(),
                 claims: NodeId::all(n).map(|id| Claim::initial(id, 1)).collect(),
-                states: Vec::new(),
                 slots: (0..n).map(|_| Slot { core: None, frozen_until: 0, exits: Vec::new() }).collect(),
                 eligible,
                 rng: Rng(seed),
@@ -836,10 +815,6 @@ mod tests {
                 Action::WriteClaim(c) => {
                     let i = c.node.index();
                     self.claims[i] = c;
-                    Completion::Written(Ok(()))
-                }
-                Action::WriteClusterState(s) => {
-                    self.states.push(s);
                     Completion::Written(Ok(()))
                 }
             }
