@@ -11,7 +11,8 @@ Exit status:
   2  usage error
   3  inspect found corrupt records
   4  join refused: a daemon already runs on that node
-  5  join fenced itself: it lost the disk or was deposed as master";
+  5  join fenced itself: it lost the disk or was deposed as master
+  6  join was forced out of the cluster by the other nodes";
 
 /// sdc: a cluster of hosts that share one disk, behaving as one system.
 ///
@@ -38,12 +39,17 @@ pub enum Command {
     /// Decode every region of the disk with its offset and name every corrupt record.
     #[command(after_help = "Exits 3 when any record is corrupt (every one is listed, with its offset).")]
     Inspect(ReadArgs),
-    /// Run the node daemon in the foreground: heartbeat and take part in the master claim.
+    /// Run the node daemon in the foreground: join the cluster through the layers and stay.
     #[command(after_help = "\
-SIGTERM or SIGINT marks the node's slot down and exits 0.
-Exit status: 0 stopped cleanly, 1 error, 4 the node is already running elsewhere,
-5 fenced (no heartbeat write for fence-ms, its slot was taken, or deposed as master).")]
+SIGTERM or SIGINT (or `sdc leave`) leaves the cluster gracefully through the layers, marks the
+node's slot down and exits 0.
+Exit status: 0 left cleanly, 1 error (including a refused join, which names the layer),
+4 the node is already running elsewhere, 5 fenced (no heartbeat write for fence-ms, its slot
+was taken, or deposed as master), 6 forced out by the other nodes.")]
     Join(JoinArgs),
+    /// Ask a running node to leave the cluster gracefully, and wait until it has.
+    #[command(after_help = "Works from any host that sees the disk. Exit status: 0 the node left, 1 error or timeout.")]
+    Leave(LeaveArgs),
     /// Show the cluster as the disk records it: master, epoch, nodes and their liveness.
     Status(ReadArgs),
 }
@@ -142,10 +148,28 @@ pub struct NodeRemoveArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LeaveArgs {
+    #[command(flatten)]
+    pub disk: DiskArgs,
+    /// The node to take out of the cluster.
+    #[arg(long, value_name = "ID")]
+    pub node: u16,
+    /// Give up waiting after this many seconds (the leave goes on).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct JoinArgs {
     #[command(flatten)]
     pub disk: DiskArgs,
     /// This node's id in the node table.
     #[arg(long, value_name = "ID")]
     pub node: u16,
+    /// Register a rehearsal layer: a subsystem that logs every notification it receives and
+    /// acknowledges it at once. NAME:ORDER[:JOIN/LEAVE/FORCED] barriers (default 1/1/1), e.g.
+    /// `--layer dlm:10:2/1/1`. Repeat for several layers. Every node must register the same
+    /// barriers at one order.
+    #[arg(long = "layer", value_name = "NAME:ORDER[:J/L/F]")]
+    pub layers: Vec<String>,
 }

@@ -3,16 +3,18 @@
 use crate::cli::JoinArgs;
 use crate::util::{node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
-use membership_db::daemon::{self, unix_ms};
-use membership_db::format::HOST_BYTES_MAX;
+use layers::api::{Registry, Subsystem};
+use layers::member::{refusal_text, MemberExit};
+use membership_db::daemon::unix_ms;
+use membership_db::format::{Barriers, MemberState, HOST_BYTES_MAX};
 use membership_db::node::{Exit, NodeConfig, Refusal};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set by SIGTERM and SIGINT; the daemon then leaves gracefully.
-static STOP: AtomicBool = AtomicBool::new(false);
+static LEAVE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Release);
+    LEAVE.store(true, Ordering::Release);
 }
 
 fn install_signal_handlers() -> Result<(), Failure> {
@@ -41,7 +43,56 @@ fn host_name() -> String {
     name
 }
 
+/// Parses `NAME:ORDER[:JOIN/LEAVE/FORCED]`.
+fn parse_layer(spec: &str) -> Result<(String, u32, Barriers), Failure> {
+    let bad = || Failure::from(format!("--layer {spec:?}: use NAME:ORDER[:JOIN/LEAVE/FORCED], like dlm:10:2/1/1"));
+    let mut parts = spec.split(':');
+    let name = parts.next().filter(|n| !n.is_empty()).ok_or_else(bad)?;
+    let order: u32 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let barriers = match parts.next() {
+        None => Barriers::one_each(),
+        Some(b) => {
+            let n: Vec<u8> = b.split('/').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+            match n[..] {
+                [join, leave, forced_leave] => Barriers { join, leave, forced_leave },
+                _ => return Err(bad()),
+            }
+        }
+    };
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), order, barriers))
+}
+
+/// A rehearsal layer: logs each notification and acknowledges it.
+fn run_rehearsal_layer(sub: Subsystem, prefix: String) {
+    let barriers = sub.spec().barriers;
+    let name = sub.spec().name.clone();
+    std::thread::spawn(move || {
+        for n in sub.notifications() {
+            let view: Vec<String> = n
+                .view
+                .iter()
+                .map(|(node, s)| format!("{node}:{}", if *s == MemberState::Joined { "joined" } else { s.name() }))
+                .collect();
+            eprintln!(
+                "{} {prefix} layer {name}: {} of node {} (incarnation {}), barrier {} of {}; view [{}]",
+                utc(unix_ms()),
+                n.kind.name(),
+                n.subject,
+                n.subject_incarnation,
+                n.position.barrier + 1,
+                barriers.of(n.kind),
+                view.join(" ")
+            );
+            sub.ack(&n);
+        }
+    });
+}
+
 pub fn run(a: JoinArgs) -> CmdResult {
+    let layer_specs = a.layers.iter().map(|s| parse_layer(s)).collect::<Result<Vec<_>, _>>()?;
     let db = open_db(&a.disk, true)?;
     let node = node_id(&db, a.node)?;
     let table = db.read_node_table()?;
@@ -69,27 +120,46 @@ pub fn run(a: JoinArgs) -> CmdResult {
         pid: std::process::id(),
         host: host_name(),
     };
-    install_signal_handlers()?;
     let prefix = format!("sdc[{} node {node} {}]", sb.cluster_name, entry.name);
+    let mut registry = Registry::new();
+    for (name, order, barriers) in layer_specs {
+        let sub = registry.register(order, &name, barriers)?;
+        run_rehearsal_layer(sub, prefix.clone());
+    }
+    install_signal_handlers()?;
     eprintln!(
-        "{} {prefix} starting on {} (heartbeat {} ms, dead {} ms, fence {} ms)",
+        "{} {prefix} starting on {} (heartbeat {} ms, dead {} ms, fence {} ms; {} layer(s) registered)",
         utc(unix_ms()),
         db.disk().describe(),
         sb.timing.heartbeat_ms,
         sb.timing.dead_ms,
-        sb.timing.fence_ms
+        sb.timing.fence_ms,
+        registry.specs().len()
     );
-    let exit = daemon::run(&db, config, &STOP, &mut |event| eprintln!("{} {prefix} {event}", utc(unix_ms())));
+    let exit = layers::daemon::run(&db, config, &registry, &LEAVE, &mut |event| {
+        eprintln!("{} {prefix} {event}", utc(unix_ms()))
+    })?;
+    let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
     match exit {
-        Exit::Stopped => {
-            eprintln!("{} {prefix} stopped; slot marked down", utc(unix_ms()));
+        MemberExit::Node(Exit::Stopped) => {
+            say("stopped; slot marked down");
             Ok(exit::OK)
         }
-        Exit::Refused(Refusal::AlreadyRunning(why)) => Err(Failure { status: exit::ALREADY_RUNNING, message: why }),
-        Exit::Refused(Refusal::Io(why)) => fail(why),
-        Exit::Fenced(reason) => {
-            eprintln!("{} {prefix} FENCED: {reason}; stopped acting and exiting", utc(unix_ms()));
+        MemberExit::Node(Exit::Refused(Refusal::AlreadyRunning(why))) => {
+            Err(Failure { status: exit::ALREADY_RUNNING, message: why })
+        }
+        MemberExit::Node(Exit::Refused(Refusal::Io(why))) => fail(why),
+        MemberExit::Node(Exit::Fenced(reason)) => {
+            say(&format!("FENCED: {reason}; stopped acting and exiting"));
             Ok(exit::FENCED)
         }
+        MemberExit::ForcedOut(refusal) => {
+            let why = refusal.map(|r| format!(": {}", refusal_text(&r))).unwrap_or_default();
+            say(&format!(
+                "FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting without writing"
+            ));
+            Ok(exit::FORCED_OUT)
+        }
+        MemberExit::JoinRefused(r) => fail(format!("join refused: {}", refusal_text(&r))),
     }
 }

@@ -30,6 +30,7 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
         name: a.name.clone(),
         address: a.address.clone(),
         updated_unix_ms: unix_ms(),
+        leave_requests: 0,
     };
     db.write_node_entry(&entry)?;
     let role = if entry.master_eligible { "master-eligible" } else { "not master-eligible" };

@@ -7,6 +7,7 @@ mod cli;
 mod cmd_format;
 mod cmd_inspect;
 mod cmd_join;
+mod cmd_leave;
 mod cmd_node;
 mod cmd_status;
 mod util;
@@ -26,6 +27,8 @@ pub mod exit {
     pub const ALREADY_RUNNING: i32 = 4;
     /// `join` fenced itself: it lost the disk or was deposed.
     pub const FENCED: i32 = membership_db::daemon::EXIT_FENCED;
+    /// `join` was forced out of the cluster by the other nodes.
+    pub const FORCED_OUT: i32 = 6;
 }
 
 /// A failure with the exit status it maps to.
@@ -75,6 +78,7 @@ fn main() {
         cli::Command::Node(cli::NodeCommand::Remove(a)) => cmd_node::remove(a),
         cli::Command::Inspect(a) => cmd_inspect::run(a),
         cli::Command::Join(a) => cmd_join::run(a),
+        cli::Command::Leave(a) => cmd_leave::run(a),
         cli::Command::Status(a) => cmd_status::run(a),
     };
     match result {

@@ -16,6 +16,8 @@
 //! Orders are numbers, so other subsystems can register in between.
 
 pub mod api;
+pub mod daemon;
+pub mod member;
 pub mod participant;
 pub mod sequencer;
 pub mod steps;

@@ -198,6 +198,7 @@ pub struct NodeCore {
     reported_corrupt: Vec<CorruptRecord>,
     events: VecDeque<Event>,
     events_dropped: u64,
+    cycles: u64,
 }
 
 impl NodeCore {
@@ -227,6 +228,7 @@ impl NodeCore {
             reported_corrupt: Vec::new(),
             events: VecDeque::new(),
             events_dropped: 0,
+            cycles: 0,
         }
     }
 
@@ -259,6 +261,22 @@ impl NodeCore {
     }
     pub fn liveness(&self, now: Millis, node: NodeId) -> NodeLiveness {
         self.liveness.judge(now, node)
+    }
+    /// The incarnation whose daemon runs on `node`, as this node observes it: its heartbeat
+    /// says up and has not been still for `dead_ms`. This node's own incarnation for itself.
+    pub fn running_incarnation(&self, now: Millis, node: NodeId) -> Option<u64> {
+        if node == self.config.node {
+            return self.is_running().then_some(self.me.incarnation);
+        }
+        let hb = self.liveness.heartbeat(node)?;
+        (!self.liveness.judge(now, node).is_gone()).then_some(hb.incarnation)
+    }
+    /// Completed heartbeat cycles (write, read heartbeats, read claims) while running.
+    pub fn cycles(&self) -> u64 {
+        self.cycles
+    }
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
     /// The instant at which this node must have fenced itself unless a heartbeat write succeeds
     /// first; the driver's watchdog enforces it even while the core's thread is stuck in I/O.
@@ -578,6 +596,7 @@ impl NodeCore {
 
     fn on_claims(&mut self, now: Millis, claims: Vec<Result<Claim, CorruptRecord>>) {
         self.note_corrupt(&claims);
+        self.cycles += 1;
         if let Some(attempt) = self.attempt.as_mut() {
             let step = attempt.on_read(&claims);
             let epoch = attempt.epoch();
