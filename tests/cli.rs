@@ -597,7 +597,6 @@ fn format_add_list_inspect_remove() {
 /// Both superblock copies damaged (magic intact, checksum wrong) is a damaged cluster, not a
 /// blank disk: format must refuse it without --force, as it refuses an intact cluster.
 #[test]
-#[ignore = "product bug: format treats a disk whose two superblocks fail their checksum as unformatted and overwrites it without --force (and without the live-node check)"]
 fn format_refuses_damaged_cluster_without_force() {
     let (_dir, disk) = small_cluster();
     flip_byte(&disk, 100);
@@ -608,7 +607,6 @@ fn format_refuses_damaged_cluster_without_force() {
 
 /// An existing empty file (from touch or mktemp) is grown by --size like any smaller file.
 #[test]
-#[ignore = "product bug: MmapDisk::open rejects a 0-byte file as 'truncated ... formatted for 8192', so format --size cannot grow an existing empty file"]
 fn format_grows_an_existing_empty_file() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("empty.img");

@@ -376,7 +376,6 @@ fn loop_device_with_larger_sectors_is_refused() {
 /// A block device with 4096-byte sectors formatted with `--io mmap` must still be usable with
 /// the default (direct) I/O.
 #[test]
-#[ignore = "product bug: MmapDisk::sector_bytes() always says 512, so format --io mmap on a 4K-sector device writes 512-byte slots that direct I/O then refuses"]
 fn loop_device_formatted_with_mmap_keeps_the_device_sector_size() {
     const TEST: &str = "loop device mmap format test";
     let (_backing_dir, file) = backing_file(8 << 20);

@@ -96,6 +96,11 @@ pub fn perform(db: &MembershipDb, action: Action) -> Completion {
             Completion::Written(db.write_heartbeat(&hb).map_err(failure))
         }
         Action::WriteClaim(c) => Completion::Written(db.write_claim(&c).map_err(failure)),
+        Action::ReadSuperblock => Completion::SuperblockRead(
+            crate::db::read_superblocks(db.disk())
+                .map(|copies| crate::format::newest(&copies, |s| s.generation).ok().map(|s| s.cluster_uuid))
+                .map_err(failure),
+        ),
         Action::WriteClusterState(mut s) => {
             s.written_unix_ms = unix_ms();
             Completion::Written(db.write_cluster_state(&s).map_err(failure))
@@ -204,6 +209,7 @@ mod tests {
             max_nodes: 2,
             timing: TIMING,
             eligible_nodes: 0b11,
+            cluster_uuid: [1; 16],
             pid: std::process::id(),
             host: "test".into(),
         };
