@@ -48,7 +48,9 @@ Exit status: 0 left cleanly, 1 error (including a refused join, which names the 
 was taken, or deposed as master), 6 forced out by the other nodes.")]
     Join(JoinArgs),
     /// Ask a running node to leave the cluster gracefully, and wait until it has.
-    #[command(after_help = "Works from any host that sees the disk. Exit status: 0 the node left, 1 error or timeout.")]
+    #[command(
+        after_help = "Works from any host that sees the disk. Exit status: 0 the node left, 1 error or timeout."
+    )]
     Leave(LeaveArgs),
     /// Show the cluster as the disk records it: master, epoch, nodes and their liveness.
     Status(ReadArgs),

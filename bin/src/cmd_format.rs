@@ -10,7 +10,7 @@ use crate::{exit, fail, CmdResult, Failure};
 use membership_db::daemon::unix_ms;
 use membership_db::db::{probe, slot_bytes_for, FormatParams, MembershipDb, Probe};
 use membership_db::format::{
-    human_bytes, parse_size, validate_cluster_name, Layout, Timing, FORMAT_VERSION, NODES_MAX,
+    human_bytes, parse_size, validate_cluster_name, Layout, Timing, BLOCK_BYTES, FORMAT_VERSION, NODES_MAX,
 };
 use membership_db::io::open_disk;
 use membership_db::status::ClusterStatus;
@@ -85,10 +85,19 @@ pub fn run(a: FormatArgs) -> CmdResult {
 fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: bool) -> CmdResult {
     let path = &a.disk.disk;
     let _lock = admin_lock(path)?;
-    if !created {
+    // A file too small to hold the superblocks holds no cluster: nothing to look at.
+    let holds_superblocks = std::fs::metadata(path).is_ok_and(|m| !m.is_file() || m.len() >= 2 * BLOCK_BYTES);
+    if !created && holds_superblocks {
         // Look before touching anything.
         let disk = open_disk(path, a.disk.io, false)?;
         match probe(disk.as_ref())? {
+            Probe::Damaged(errors) if !a.force => {
+                let why = errors.first().map(|e| e.to_string()).unwrap_or_default();
+                return fail(format!(
+                    "{} holds a damaged cluster ({why}); use --force to overwrite it, after stopping every node (with no readable superblock, running nodes cannot be checked)",
+                    path.display()
+                ));
+            }
             Probe::Formatted(sb) if !a.force => {
                 return fail(format!(
                     "{} already holds cluster {:?} (uuid {}, {} node slots); use --force to overwrite it",
@@ -117,6 +126,8 @@ fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: b
             }
             _ => {}
         }
+    }
+    if !created {
         if let Some(size) = size {
             let meta = std::fs::metadata(path)?;
             if meta.is_file() && size > meta.len() {

@@ -117,6 +117,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         max_nodes: sb.max_nodes,
         timing: sb.timing,
         eligible_nodes,
+        cluster_uuid: sb.cluster_uuid,
         pid: std::process::id(),
         host: host_name(),
     };

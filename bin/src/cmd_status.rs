@@ -3,11 +3,15 @@
 use crate::cli::ReadArgs;
 use crate::util::{open_db, print_json, snapshot};
 use crate::{exit, CmdResult};
+use membership_db::db::read_superblocks;
 use membership_db::format::HeartbeatState;
 use membership_db::status::ClusterStatus;
 
 pub fn run(a: ReadArgs) -> CmdResult {
     let db = open_db(&a.disk, false)?;
+    for bad in read_superblocks(db.disk())?.iter().filter_map(|c| c.as_ref().err()) {
+        eprintln!("sdc: warning: {bad}; using the other copy (see sdc inspect)");
+    }
     let status = ClusterStatus::of(&snapshot(&db)?);
     if a.json {
         print_json(&status)?;

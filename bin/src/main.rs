@@ -65,10 +65,20 @@ fn main() {
 
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let status = if e.use_stderr() { exit::USAGE } else { exit::OK };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            std::process::exit(status);
+            std::process::exit(exit::OK);
+        }
+        Err(e) => {
+            // clap's message spans several lines; the operator gets one.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> =
+                rendered.lines().map(str::trim).take_while(|l| !l.is_empty() && !l.starts_with("Usage:")).collect();
+            let line = message.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("sdc: error: {line} (see sdc --help)");
+            std::process::exit(exit::USAGE);
         }
     };
     let result = match cli.command {

@@ -54,8 +54,10 @@ pub fn run(
 ) -> Result<MemberExit, DbError> {
     let check_ms = (config.timing.heartbeat_ms as Millis / 4).clamp(1, 25);
     let node = config.node;
-    let watchdog =
-        FenceWatchdog::start(check_ms, format!("sdc: node {node} FENCED: no heartbeat write has succeeded for fence-ms; stopping everything"));
+    let watchdog = FenceWatchdog::start(
+        check_ms,
+        format!("sdc: node {node} FENCED: no heartbeat write has succeeded for fence-ms; stopping everything"),
+    );
     let (request_seq, acks_seq) = record_seqs(db, node)?;
     let mut core = MemberCore::new(config, registry.specs(), request_seq, acks_seq, monotonic_ms());
     let mut leave_asked = false;
@@ -75,7 +77,9 @@ pub fn run(
             while let Some(n) = core.poll_notification() {
                 let layer = n.layer.clone();
                 if !registry.deliver(n) {
-                    log(&MemberEvent::IoFailed(format!("layer {layer} is not taking notifications (queue full or gone)")));
+                    log(&MemberEvent::IoFailed(format!(
+                        "layer {layer} is not taking notifications (queue full or gone)"
+                    )));
                 }
             }
             while let Some(reply) = registry.try_reply() {
@@ -164,6 +168,7 @@ mod tests {
             max_nodes: 2,
             timing: TIMING,
             eligible_nodes: 0b11,
+            cluster_uuid: [1; 16],
             pid: std::process::id(),
             host: "test".into(),
         };

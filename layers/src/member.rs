@@ -220,7 +220,13 @@ impl MemberCore {
             return None;
         }
         if self.participant.is_none() {
-            let p = Participant::new(self.node.node(), self.node.incarnation(), self.layers.clone(), self.request_seq, self.acks_seq);
+            let p = Participant::new(
+                self.node.node(),
+                self.node.incarnation(),
+                self.layers.clone(),
+                self.request_seq,
+                self.acks_seq,
+            );
             self.participant = Some(p);
         }
         if let Some((action, pending)) = self.queue.pop_front() {
@@ -356,7 +362,8 @@ impl MemberCore {
             // The master gathers the nodes' records, then sequences.
             if self.state.as_ref().is_none_or(|s| s.epoch < epoch) {
                 let max_nodes = self.node.config().max_nodes;
-                let mut base = self.state.clone().unwrap_or_else(|| ClusterState::new(max_nodes, epoch, self.node.node(), 0));
+                let mut base =
+                    self.state.clone().unwrap_or_else(|| ClusterState::new(max_nodes, epoch, self.node.node(), 0));
                 base.epoch = epoch;
                 base.seq = 0;
                 base.master = self.node.node();
@@ -456,15 +463,24 @@ impl std::fmt::Display for MemberEvent {
                     t.id
                 ),
                 SeqEvent::Advanced { transition, subject, kind, position } => {
-                    write!(f, "master: transition {transition} of node {subject} at {}", position_text(*kind, *position))
+                    write!(
+                        f,
+                        "master: transition {transition} of node {subject} at {}",
+                        position_text(*kind, *position)
+                    )
                 }
                 SeqEvent::Completed { subject, kind, state } => {
                     write!(f, "master: {} of node {subject} complete; node {subject} is {}", kind.name(), state.name())
                 }
                 SeqEvent::JoinTurnedIntoLeave { subject, at_order } => {
-                    write!(f, "master: the join of node {subject} turns into a leave after the layer at order {at_order}")
+                    write!(
+                        f,
+                        "master: the join of node {subject} turns into a leave after the layer at order {at_order}"
+                    )
                 }
-                SeqEvent::Refused { subject, refusal } => write!(f, "master: join of node {subject} refused: {}", refusal_text(refusal)),
+                SeqEvent::Refused { subject, refusal } => {
+                    write!(f, "master: join of node {subject} refused: {}", refusal_text(refusal))
+                }
                 SeqEvent::NackIgnored { transition, node } => {
                     write!(f, "master: node {node} nacked forced leave {transition}; a forced leave cannot be refused")
                 }

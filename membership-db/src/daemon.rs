@@ -96,5 +96,10 @@ pub fn perform(db: &MembershipDb, action: Action) -> Completion {
             Completion::Written(db.write_heartbeat(&hb).map_err(failure))
         }
         Action::WriteClaim(c) => Completion::Written(db.write_claim(&c).map_err(failure)),
+        Action::ReadSuperblock => Completion::SuperblockRead(
+            crate::db::read_superblocks(db.disk())
+                .map(|copies| crate::format::newest(&copies, |s| s.generation).ok().map(|s| s.cluster_uuid))
+                .map_err(failure),
+        ),
     }
 }

@@ -15,6 +15,9 @@ pub enum Probe {
     Formatted(Superblock),
     /// A superblock that is newer than this program.
     NewerFormat { found: u16 },
+    /// Superblocks that carry the cluster magic but fail their checks: a damaged cluster,
+    /// treated like an existing one (never overwritten without being asked).
+    Damaged(Vec<CorruptRecord>),
     /// No valid superblock; the reasons, for both copies.
     Unformatted(Vec<CorruptRecord>),
 }
@@ -67,6 +70,9 @@ pub fn probe(disk: &dyn Disk) -> Result<Probe, DbError> {
             return Ok(Probe::NewerFormat { found });
         }
     }
+    if errors.iter().any(|e| matches!(e.problem, Problem::Checksum { .. } | Problem::Invalid(_))) {
+        return Ok(Probe::Damaged(errors));
+    }
     Ok(Probe::Unformatted(errors))
 }
 
@@ -91,7 +97,7 @@ impl MembershipDb {
         let superblock = match probe(disk.as_ref())? {
             Probe::Formatted(sb) => sb,
             Probe::NewerFormat { found } => return Err(DbError::NewerFormat { found, supported: FORMAT_VERSION }),
-            Probe::Unformatted(errors) => {
+            Probe::Unformatted(errors) | Probe::Damaged(errors) => {
                 let why = errors.first().map(|e| e.to_string()).unwrap_or_else(|| "the disk is too small".into());
                 return Err(DbError::NotFormatted(why));
             }

@@ -210,6 +210,9 @@ pub struct MmapDisk {
     path: PathBuf,
     len: u64,
     writable: bool,
+    /// 512 for a file; the device's logical sector size for a block device, so that a
+    /// format through mmap sizes its slots as direct I/O will need them.
+    sector: u32,
 }
 
 impl MmapDisk {
@@ -221,8 +224,14 @@ impl MmapDisk {
             .map_err(|source| DbError::Open { path: path.into(), source })?;
         let len = file_len(&file, path)?;
         if len == 0 {
-            return Err(DbError::Truncated { actual: 0, expected: crate::format::BLOCK_BYTES * 2 });
+            return Err(DbError::NotFormatted(format!("{} is empty (0 bytes)", path.display())));
         }
+        let is_block = file
+            .metadata()
+            .map_err(|source| DbError::Open { path: path.into(), source })?
+            .file_type()
+            .is_block_device();
+        let sector = if is_block { block_sector_size(&file, path)? } else { 512 };
         let opts = {
             let mut o = memmap2::MmapOptions::new();
             o.len(len as usize);
@@ -230,7 +239,7 @@ impl MmapDisk {
         };
         let map = if writable { opts.map_raw(&file) } else { opts.map_raw_read_only(&file) }
             .map_err(|source| DbError::Open { path: path.into(), source })?;
-        Ok(MmapDisk { map, path: path.into(), len, writable })
+        Ok(MmapDisk { map, path: path.into(), len, writable, sector })
     }
 }
 
@@ -262,7 +271,7 @@ impl Disk for MmapDisk {
         self.len
     }
     fn sector_bytes(&self) -> u32 {
-        512
+        self.sector
     }
     fn describe(&self) -> String {
         format!("mmap of {}", self.path.display())

@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Master-eligible nodes of the node table, as a bitmap by slot index.
     pub eligible_nodes: u128,
+    /// The cluster this daemon joined; a different one on the disk means it was reformatted.
+    pub cluster_uuid: [u8; 16],
     pub pid: u32,
     pub host: String,
 }
@@ -54,6 +56,8 @@ pub enum Action {
     WriteHeartbeat(Heartbeat),
     ReadClaims,
     WriteClaim(Claim),
+    /// Read the superblocks: the driver answers with the cluster UUID of the newest valid one.
+    ReadSuperblock,
 }
 
 /// The result of the outstanding action.
@@ -62,6 +66,8 @@ pub enum Completion {
     HeartbeatsRead(Result<Vec<Result<Heartbeat, CorruptRecord>>, IoFailure>),
     ClaimsRead(Result<Vec<Result<Claim, CorruptRecord>>, IoFailure>),
     Written(Result<(), IoFailure>),
+    /// The UUID of the newest valid superblock, or `None` when neither copy is valid.
+    SuperblockRead(Result<Option<[u8; 16]>, IoFailure>),
 }
 
 /// Why a node fenced itself.
@@ -73,6 +79,8 @@ pub enum FenceReason {
     SlotTaken { incarnation: u64 },
     /// As master of `epoch`, we saw `newer` begun: the others judged us dead.
     Deposed { epoch: u64, newer: u64 },
+    /// The disk no longer holds the cluster this daemon joined.
+    Reformatted,
 }
 
 impl std::fmt::Display for FenceReason {
@@ -89,6 +97,9 @@ impl std::fmt::Display for FenceReason {
                     f,
                     "master of epoch {epoch} was deposed: epoch {newer} has begun, so the others judged this node dead"
                 )
+            }
+            FenceReason::Reformatted => {
+                write!(f, "the disk no longer holds this cluster (reformatted, or its superblocks are damaged)")
             }
         }
     }
@@ -140,6 +151,8 @@ pub enum Event {
 
 /// Bound on queued events; older ones are dropped (and counted) past it.
 pub const EVENTS_MAX: usize = 256;
+/// A running node checks every this many heartbeat cycles that the disk still holds its cluster.
+pub const SUPERBLOCK_CHECK_CYCLES: u64 = 16;
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -162,6 +175,7 @@ enum Pending {
     Claims,
     ClaimWrite,
     CommitWrite { master: bool },
+    Superblock,
     FinalHeartbeat,
 }
 
@@ -414,6 +428,11 @@ impl NodeCore {
                 Ok(()) => {}
                 Err(e) => self.io_failed(e),
             },
+            (Pending::Superblock, Completion::SuperblockRead(r)) => match r {
+                Ok(Some(uuid)) if uuid == self.config.cluster_uuid => {}
+                Ok(_) => self.finish(Exit::Fenced(FenceReason::Reformatted)),
+                Err(e) => self.io_failed(e),
+            },
             (Pending::FinalHeartbeat, Completion::Written(r)) => {
                 if let Err(e) = r {
                     self.io_failed(e);
@@ -597,6 +616,9 @@ impl NodeCore {
     fn on_claims(&mut self, now: Millis, claims: Vec<Result<Claim, CorruptRecord>>) {
         self.note_corrupt(&claims);
         self.cycles += 1;
+        if self.cycles % SUPERBLOCK_CHECK_CYCLES == 0 && self.attempt.is_none() {
+            self.next = Some((Action::ReadSuperblock, Pending::Superblock));
+        }
         if let Some(attempt) = self.attempt.as_mut() {
             let step = attempt.on_read(&claims);
             let epoch = attempt.epoch();
@@ -782,6 +804,8 @@ mod tests {
         rng: Rng,
         /// (epoch, node) of every master that ever acted.
         masters: Vec<(u64, NodeId)>,
+        /// The cluster UUID the superblock holds (changed by a "reformat").
+        uuid: [u8; 16],
     }
 
     impl Sim {
@@ -794,6 +818,7 @@ mod tests {
                 eligible,
                 rng: Rng(seed),
                 masters: Vec::new(),
+                uuid: [9; 16],
             };
             for id in NodeId::all(n) {
                 sim.start(id);
@@ -808,6 +833,7 @@ mod tests {
                 max_nodes: self.hbs.len() as u16,
                 timing: TIMING,
                 eligible_nodes: self.eligible,
+                cluster_uuid: [9; 16],
                 pid: node.0 as u32,
                 host: "sim".into(),
             }
@@ -826,6 +852,7 @@ mod tests {
             match action {
                 Action::ReadHeartbeats => Completion::HeartbeatsRead(Ok(self.hbs.iter().cloned().map(Ok).collect())),
                 Action::ReadClaims => Completion::ClaimsRead(Ok(self.claims.iter().cloned().map(Ok).collect())),
+                Action::ReadSuperblock => Completion::SuperblockRead(Ok(Some(self.uuid))),
                 Action::WriteHeartbeat(hb) => {
                     let i = hb.node.index();
                     self.hbs[i] = hb;
@@ -1013,6 +1040,19 @@ mod tests {
         let t = sim.now;
         sim.run_until(6000, "a while", |s| s.now > t + 5000);
         assert_eq!(sim.master(), None, "no eligible node is left");
+    }
+
+    #[test]
+    fn reformatted_disk_fences_every_node() {
+        let mut sim = Sim::new(3, 0b111, 11);
+        sim.run_until(3000, "a master", |s| s.master().is_some());
+        sim.uuid = [0xEE; 16];
+        sim.run_until(SUPERBLOCK_CHECK_CYCLES * 2 * TIMING.heartbeat_ms as Millis, "every node gone", |s| {
+            s.slots.iter().all(|x| x.core.is_none())
+        });
+        for slot in &sim.slots {
+            assert_eq!(slot.exits, vec![Exit::Fenced(FenceReason::Reformatted)]);
+        }
     }
 
     /// Random crashes, restarts and freezes; the invariants are checked after every action,
