@@ -52,8 +52,9 @@ was taken, or deposed as master), 6 forced out by the other nodes.")]
         after_help = "Works from any host that sees the disk. Exit status: 0 the node left, 1 error or timeout."
     )]
     Leave(LeaveArgs),
-    /// Show the cluster as the disk records it: master, epoch, nodes and their liveness.
-    Status(ReadArgs),
+    /// Show the cluster as the disk records it: master, epoch, nodes, their membership state
+    /// and liveness, and the transitions in flight.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +121,16 @@ pub struct ReadArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Refresh in place every half second until interrupted (with --json: one JSON document
+    /// per line).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

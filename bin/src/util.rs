@@ -34,6 +34,7 @@ pub fn admin_lock(path: &Path) -> Result<File, Failure> {
 /// apart (bounded to one second) so that a moving heartbeat is seen moving.
 pub fn snapshot(db: &MembershipDb) -> Result<Snapshot, Failure> {
     let first = db.read_heartbeats()?;
+    let states = db.read_cluster_state_copies()?;
     let gap = (db.superblock().timing.heartbeat_ms as u64 * 3 / 2).clamp(10, 1000);
     std::thread::sleep(Duration::from_millis(gap));
     Ok(Snapshot {
@@ -42,6 +43,11 @@ pub fn snapshot(db: &MembershipDb) -> Result<Snapshot, Failure> {
         heartbeats_first: first,
         heartbeats: db.read_heartbeats()?,
         claims: db.read_claims()?,
+        cluster_state: states
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned().flatten())
+            .max_by_key(|s| (s.epoch, s.seq)),
+        cluster_state_corrupt: states.iter().filter_map(|c| c.as_ref().err().cloned()).collect(),
         now_unix_ms: unix_ms(),
     })
 }

@@ -18,6 +18,10 @@ pub struct Snapshot {
     pub heartbeats_first: Vec<Result<Heartbeat, CorruptRecord>>,
     pub heartbeats: Vec<Result<Heartbeat, CorruptRecord>>,
     pub claims: Vec<Result<Claim, CorruptRecord>>,
+    /// The newest valid cluster state, if a master ever wrote one.
+    pub cluster_state: Option<ClusterState>,
+    /// Cluster state copies that failed their checks.
+    pub cluster_state_corrupt: Vec<CorruptRecord>,
     /// Wall clock of the reader when the second heartbeat read was taken.
     pub now_unix_ms: u64,
 }
@@ -26,6 +30,8 @@ pub struct Snapshot {
 pub struct NodeStatus {
     pub node: NodeId,
     pub name: String,
+    /// Membership state, as the master last recorded it.
+    pub state: MemberState,
     pub live: bool,
     pub heartbeat_age_ms: Option<u64>,
     pub master_eligible: bool,
@@ -43,9 +49,24 @@ pub struct ClusterStatus {
     pub epoch: u64,
     pub master: Option<NodeId>,
     pub nodes: Vec<NodeStatus>,
+    /// Transitions in flight.
+    pub transitions: Vec<TransitionStatus>,
     /// Records that could not be read, each with its offset.
     #[serde(skip)]
     pub corrupt: Vec<CorruptRecord>,
+}
+
+/// A transition in flight, as status shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransitionStatus {
+    pub node: NodeId,
+    pub kind: TransitionKind,
+    /// The name of the layer being notified (its order when the layer table has no name).
+    pub layer: String,
+    pub order: u32,
+    pub barrier: u8,
+    /// The nodes taking part (each must acknowledge every position).
+    pub participants: Vec<NodeId>,
 }
 
 /// Whether a heartbeat shows a running daemon, from two reads (see the module docs).
@@ -68,6 +89,7 @@ impl ClusterStatus {
         corrupt.extend(s.node_table.iter().filter_map(|r| r.as_ref().err().cloned()));
         corrupt.extend(s.heartbeats.iter().filter_map(|r| r.as_ref().err().cloned()));
         corrupt.extend(s.claims.iter().filter_map(|r| r.as_ref().err().cloned()));
+        corrupt.extend(s.cluster_state_corrupt.iter().cloned());
 
         let live = |node: NodeId| -> bool {
             let Some(Ok(hb)) = s.heartbeats.get(node.index()) else {
@@ -94,6 +116,7 @@ impl ClusterStatus {
                 NodeStatus {
                     node: e.node,
                     name: e.name.clone(),
+                    state: s.cluster_state.as_ref().map_or(MemberState::Inactive, |c| c.member(e.node).state),
                     live: live(e.node),
                     heartbeat_age_ms: ran.map(|h| s.now_unix_ms.saturating_sub(h.written_unix_ms)),
                     master_eligible: e.master_eligible,
@@ -106,8 +129,30 @@ impl ClusterStatus {
             })
             .collect();
 
+        let transitions = s
+            .cluster_state
+            .iter()
+            .flat_map(|c| {
+                c.transitions.iter().map(|t| TransitionStatus {
+                    node: t.subject,
+                    kind: t.kind,
+                    layer: c
+                        .layers
+                        .iter()
+                        .find(|l| l.order == t.position.order)
+                        .map_or_else(|| format!("order {}", t.position.order), |l| l.name.clone()),
+                    order: t.position.order,
+                    barrier: t.position.barrier,
+                    participants: (0..128usize)
+                        .filter(|i| t.participants & (1u128 << i) != 0)
+                        .map(NodeId::from_index)
+                        .collect(),
+                })
+            })
+            .collect();
         ClusterStatus {
             cluster: s.superblock.cluster_name.clone(),
+            transitions,
             uuid: s.superblock.uuid_string(),
             epoch: summary.decided.map_or(0, |(e, _)| e),
             master,

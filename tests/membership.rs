@@ -1,0 +1,1 @@
+//! Multi-process tests of the membership manager (being written).
