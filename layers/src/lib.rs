@@ -32,4 +32,6 @@ pub mod order {
 }
 
 #[cfg(test)]
+mod harness;
+#[cfg(test)]
 mod scenarios;
