@@ -4,7 +4,7 @@ use crate::cli::JoinArgs;
 use crate::util::{node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
 use layers::api::{Registry, Subsystem};
-use layers::member::{refusal_text, MemberExit};
+use layers::member::{refusal_text_named, MemberExit};
 use membership_db::daemon::unix_ms;
 use membership_db::format::{Barriers, MemberState, HOST_BYTES_MAX};
 use membership_db::node::{Exit, NodeConfig, Refusal};
@@ -141,6 +141,8 @@ pub fn run(a: JoinArgs) -> CmdResult {
         eprintln!("{} {prefix} {event}", utc(unix_ms()))
     })?;
     let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
+    let specs = registry.specs();
+    let layer_name = |order: u32| specs.iter().find(|l| l.order == order).map(|l| l.name.as_str());
     match exit {
         MemberExit::Node(Exit::Stopped) => {
             say("stopped; slot marked down");
@@ -155,12 +157,12 @@ pub fn run(a: JoinArgs) -> CmdResult {
             Ok(exit::FENCED)
         }
         MemberExit::ForcedOut(refusal) => {
-            let why = refusal.map(|r| format!(": {}", refusal_text(&r))).unwrap_or_default();
+            let why = refusal.map(|r| format!(": {}", refusal_text_named(&r, layer_name(r.order)))).unwrap_or_default();
             say(&format!(
                 "FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting without writing"
             ));
             Ok(exit::FORCED_OUT)
         }
-        MemberExit::JoinRefused(r) => fail(format!("join refused: {}", refusal_text(&r))),
+        MemberExit::JoinRefused(r) => fail(format!("join refused: {}", refusal_text_named(&r, layer_name(r.order)))),
     }
 }

@@ -437,14 +437,23 @@ fn position_text(kind: TransitionKind, p: Position) -> String {
     format!("{} at order {} barrier {}", kind.name(), p.order, p.barrier)
 }
 
-/// The reason of a refusal, in words, naming the layer.
+/// The reason of a refusal, in words, naming the layer (by name when `name` knows it).
 pub fn refusal_text(r: &JoinRefusal) -> String {
+    refusal_text_named(r, None)
+}
+
+/// As [`refusal_text`], with the layer's name as registered on this node.
+pub fn refusal_text_named(r: &JoinRefusal, name: Option<&str>) -> String {
+    let layer = match name {
+        Some(name) => format!("layer {name} (order {})", r.order),
+        None => format!("the layer at order {}", r.order),
+    };
     match r.reason {
         RefusalReason::BarrierMismatch => format!(
-            "the layer at order {} registers {} barriers here but {} in the cluster; every node must register the same barriers at one order",
-            r.order, r.ours, r.theirs
+            "{layer} registers {} barriers here but {} in the cluster; every node must register the same barriers at one order",
+            r.ours, r.theirs
         ),
-        RefusalReason::Nacked => format!("the layer at order {} on node {} refused (nacked) the join", r.order, r.node),
+        RefusalReason::Nacked => format!("{layer} on node {} refused (nacked) the join", r.node),
         RefusalReason::InvalidLayers => "this node's layer registrations are invalid or exceed the cluster's layer table".into(),
     }
 }
