@@ -11,23 +11,10 @@ use crate::steps;
 use membership_db::error::CorruptRecord;
 use membership_db::format::*;
 use membership_db::node::{self, Exit, NodeConfig};
+use membership_db::rng::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet};
 
 const TIMING: Timing = Timing { heartbeat_ms: 100, dead_ms: 1000, fence_ms: 600 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn layer_table() -> Vec<LayerSpec> {
     vec![
@@ -49,7 +36,7 @@ struct Slot {
 
 pub(crate) struct World {
     now: Millis,
-    rng: Rng,
+    rng: SplitMix64,
     hbs: Vec<Heartbeat>,
     claims: Vec<Claim>,
     states: Vec<ClusterState>,
@@ -74,7 +61,7 @@ impl World {
     pub(crate) fn new(n: u16, seed: u64) -> World {
         let mut w = World {
             now: 1,
-            rng: Rng(seed),
+            rng: SplitMix64::new(seed),
             hbs: NodeId::all(n).map(Heartbeat::never).collect(),
             claims: NodeId::all(n).map(|id| Claim::initial(id, 1)).collect(),
             states: Vec::new(),

@@ -253,25 +253,8 @@ impl ClaimSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
     use std::collections::HashMap;
-
-    /// splitmix64: a seeded generator, so that every schedule replays from its seed.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn chance(&mut self, per_mille: u64) -> bool {
-            self.below(1000) < per_mille
-        }
-    }
 
     enum State {
         Idle,
@@ -312,7 +295,7 @@ mod tests {
         }
     }
 
-    fn start_read(n: usize, rng: &mut Rng) -> State {
+    fn start_read(n: usize, rng: &mut SplitMix64) -> State {
         let mut left: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
             left.swap(i, rng.below(i as u64 + 1) as usize);
@@ -322,7 +305,7 @@ mod tests {
 
     /// Runs one schedule of `n` candidates; returns how many decisions were seen.
     fn run_schedule(seed: u64, n: usize) -> usize {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut world = World {
             blocks: (0..n).map(|i| Claim::initial(NodeId::from_index(i), 1)).collect(),
             decided: HashMap::new(),

@@ -14,6 +14,7 @@
 //! * [`daemon`]: the thin driver that runs a `NodeCore` on a real disk and clock, with the
 //!   fence watchdog.
 //! * [`status`]: the cluster as `sdc status` shows it.
+//! * [`rng`]: the seeded generator of the deterministic tests.
 //!
 //! ```no_run
 //! use membership_db::{db::MembershipDb, io::{open_disk, IoMode}};
@@ -36,4 +37,5 @@ pub mod format;
 pub mod io;
 pub mod liveness;
 pub mod node;
+pub mod rng;
 pub mod status;

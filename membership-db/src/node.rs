@@ -772,22 +772,9 @@ mod tests {
     //! Several `NodeCore`s on one in-memory disk in virtual time. I/O is instantaneous and
     //! atomic per action; the interleaving of nodes is shuffled by a seed.
     use super::*;
+    use crate::rng::SplitMix64;
 
     const TIMING: Timing = Timing { heartbeat_ms: 100, dead_ms: 1000, fence_ms: 600 };
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     struct Slot {
         core: Option<NodeCore>,
@@ -801,7 +788,7 @@ mod tests {
         claims: Vec<Claim>,
         slots: Vec<Slot>,
         eligible: u128,
-        rng: Rng,
+        rng: SplitMix64,
         /// (epoch, node) of every master that ever acted.
         masters: Vec<(u64, NodeId)>,
         /// The cluster UUID the superblock holds (changed by a "reformat").
@@ -816,7 +803,7 @@ mod tests {
                 claims: NodeId::all(n).map(|id| Claim::initial(id, 1)).collect(),
                 slots: (0..n).map(|_| Slot { core: None, frozen_until: 0, exits: Vec::new() }).collect(),
                 eligible,
-                rng: Rng(seed),
+                rng: SplitMix64::new(seed),
                 masters: Vec::new(),
                 uuid: [9; 16],
             };
