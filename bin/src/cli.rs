@@ -55,6 +55,17 @@ was taken, or deposed as master), 6 forced out by the other nodes.")]
     /// Show the cluster as the disk records it: master, epoch, nodes, their membership state
     /// and liveness, and the transitions in flight.
     Status(StatusArgs),
+    /// Run a narrated three-node cluster on a loop file in a temporary directory, then clean up.
+    ///
+    /// Formats a loop file, adds three nodes and starts three `sdc join` daemons, then narrates
+    /// a timeline: the joins, a graceful leave, a kill -9 and its forced leave, a rejoin, the
+    /// master's death and the new master, another rejoin. No arguments and no root needed.
+    #[command(after_help = "\
+The daemons are `sdc join` processes with four rehearsal layers; each logs to a file in the
+temporary directory (kept with --keep). Every step must happen within 20 s.
+Exit status: 0 the demo ran to the end, 1 a step failed or did not happen in time (the message
+says which), 130 interrupted by Ctrl-C. The daemons are killed on every way out.")]
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,4 +196,19 @@ pub struct JoinArgs {
     /// barriers at one order.
     #[arg(long = "layer", value_name = "NAME:ORDER[:J/L/F]")]
     pub layers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the temporary directory (the disk image and each daemon's log) instead of removing
+    /// it at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Fast timings: heartbeat 50 ms, dead 600 ms, fence 300 ms (the default).
+    #[arg(long, overrides_with = "slow")]
+    pub fast: bool,
+    /// The timings of a default `sdc format` (heartbeat 100 ms, dead 1000 ms, fence 600 ms):
+    /// slower, and more tolerant of a busy machine.
+    #[arg(long, overrides_with = "fast")]
+    pub slow: bool,
 }

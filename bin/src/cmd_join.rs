@@ -4,7 +4,8 @@ use crate::cli::JoinArgs;
 use crate::util::{node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
 use layers::api::{Registry, Subsystem};
-use layers::member::{refusal_text_named, MemberExit};
+use layers::member::{refusal_text_named, MemberEvent, MemberExit};
+use layers::participant::SelfState;
 use membership_db::daemon::unix_ms;
 use membership_db::format::{Barriers, MemberState, HOST_BYTES_MAX};
 use membership_db::node::{Exit, NodeConfig, Refusal};
@@ -138,7 +139,10 @@ pub fn run(a: JoinArgs) -> CmdResult {
         registry.specs().len()
     );
     let exit = layers::daemon::run(&db, config, &registry, &LEAVE, &mut |event| {
-        eprintln!("{} {prefix} {event}", utc(unix_ms()))
+        // A refused join is said once, in the final error line (which names the layer).
+        if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
+            eprintln!("{} {prefix} {event}", utc(unix_ms()))
+        }
     })?;
     let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
     let specs = registry.specs();

@@ -4,6 +4,7 @@
 //! every error reaches the user as one line on stderr with an exit status from [`exit`].
 
 mod cli;
+mod cmd_demo;
 mod cmd_format;
 mod cmd_inspect;
 mod cmd_join;
@@ -81,6 +82,15 @@ fn main() {
             std::process::exit(exit::USAGE);
         }
     };
+    // Reading commands behave like other Unix tools when their reader goes away (`| head`):
+    // SIGPIPE ends them quietly. The daemon keeps ignoring it: a closed log pipe must not kill
+    // a node without fencing (its writes to stderr then just fail).
+    if !matches!(cli.command, cli::Command::Join(_)) {
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         cli::Command::Format(a) => cmd_format::run(a),
         cli::Command::Node(cli::NodeCommand::Add(a)) => cmd_node::add(a),
@@ -90,6 +100,7 @@ fn main() {
         cli::Command::Join(a) => cmd_join::run(a),
         cli::Command::Leave(a) => cmd_leave::run(a),
         cli::Command::Status(a) => cmd_status::run(a),
+        cli::Command::Demo(a) => cmd_demo::run(a),
     };
     match result {
         Ok(status) => std::process::exit(status),

@@ -74,6 +74,10 @@ pub fn run(
             let completion = perform_member(db, action);
             core.handle_completion(monotonic_ms(), completion);
             watchdog.publish(core.fence_deadline());
+            // Log what happened before the subsystems act on it, so logs read in order.
+            while let Some(e) = core.poll_event() {
+                log(&e);
+            }
             while let Some(n) = core.poll_notification() {
                 let layer = n.layer.clone();
                 if !registry.deliver(n) {

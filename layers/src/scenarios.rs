@@ -113,6 +113,12 @@ impl Cluster {
                 }
             }
             node.self_state = node.participant.self_state(&self.state);
+            if node.self_state == SelfState::Left {
+                // The daemon stops once it has left, answering nothing more (as `sdc join` does).
+                self.nodes[i] = None;
+                self.life[i] = NodeLife { running: None };
+                continue;
+            }
             if let Some(r) = node.participant.request_to_write() {
                 self.requests[i] = Ok(r.clone());
                 node.participant.request_written(r);
@@ -221,7 +227,7 @@ fn graceful_leave_goes_top_down() {
     c.until("node 1 left", |c| c.member(1) == MemberState::Inactive);
     let leave: Vec<String> = c.log_of(2).into_iter().filter(|s| s.contains("leave n1")).collect();
     assert_eq!(leave, strings(&["em leave n1 b0", "sfs leave n1 b0", "vdm leave n1 b0", "dlm leave n1 b0"]));
-    assert_eq!(c.node(1).self_state, SelfState::Left);
+    assert!(c.nodes[0].is_none(), "node 1 stopped after leaving");
     assert_eq!(c.member(2), MemberState::Joined);
 }
 
@@ -313,7 +319,7 @@ fn leave_during_join_turns_around_between_layers() {
     leave_layers.reverse();
     assert_eq!(leave_layers, layers_reached, "{log:?}");
     assert!(!log.iter().any(|s| s.starts_with("sfs")), "the join turned around before the SFS: {log:?}");
-    assert_eq!(c.node(2).self_state, SelfState::Left);
+    assert!(c.nodes[1].is_none(), "node 2 stopped after leaving");
 }
 
 /// Every subsystem at one order must register the same barriers everywhere: a joining node
@@ -375,6 +381,29 @@ fn concurrent_transitions_of_different_nodes() {
     // Concurrent, not one after the other: the two joins overlapped.
     assert!(rounds_two < 20, "two joins took {rounds_two} rounds");
     assert_eq!(c.member(3), MemberState::Joined);
+}
+
+/// A node that completes its graceful leave while another node's join is in flight stops and
+/// answers nothing more: it must no longer hold that join up (regression: the join waited for
+/// the departed node's acknowledgement forever).
+#[test]
+fn a_leave_completing_during_another_join_does_not_stall_it() {
+    for delay in 0..6 {
+        let mut c = Cluster::new(4);
+        for id in [1, 2, 3] {
+            c.start(id, standard());
+            c.until("joined", |c| c.member(id) == MemberState::Joined);
+        }
+        c.node(3).participant.request_leave();
+        for _ in 0..delay {
+            c.round();
+        }
+        c.start(4, standard());
+        c.until("node 3 left and node 4 joined", |c| {
+            c.member(3) == MemberState::Inactive && c.member(4) == MemberState::Joined
+        });
+        assert!(c.state.transitions.is_empty());
+    }
 }
 
 /// The master may die and another read the same records: sequencing resumes from the disk.

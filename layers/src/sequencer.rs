@@ -150,6 +150,12 @@ impl Round<'_> {
 
     fn complete(&mut self, subject: NodeId, kind: TransitionKind, incarnation: u64) {
         self.s.transitions.retain(|t| t.subject != subject);
+        if kind != TransitionKind::Join {
+            // Out of the cluster: it answers nothing more, so nothing may wait for it.
+            for t in &mut self.s.transitions {
+                t.participants &= !bit(subject);
+            }
+        }
         let state = match kind {
             TransitionKind::Join => MemberState::Joined,
             TransitionKind::Leave | TransitionKind::ForcedLeave => MemberState::Inactive,

@@ -82,6 +82,21 @@ pub fn heartbeat_live(first: Option<&Heartbeat>, second: &Heartbeat, now_unix_ms
     second.written_unix_ms <= now_unix_ms + dead && now_unix_ms.saturating_sub(second.written_unix_ms) < dead
 }
 
+/// The membership state of the daemon that runs on `node` now. The master records the state
+/// of one incarnation; when a newer incarnation runs (a restart the master has not yet
+/// processed), that one is not a member yet.
+fn member_state(s: &Snapshot, node: NodeId, hb: Option<&Heartbeat>) -> MemberState {
+    let Some(member) = s.cluster_state.as_ref().map(|c| c.member(node)) else { return MemberState::Inactive };
+    match hb {
+        Some(hb)
+            if hb.state == HeartbeatState::Up && hb.incarnation > member.incarnation && member.state.is_member() =>
+        {
+            MemberState::Inactive
+        }
+        _ => member.state,
+    }
+}
+
 impl ClusterStatus {
     pub fn of(s: &Snapshot) -> ClusterStatus {
         let dead_ms = s.superblock.timing.dead_ms;
@@ -116,7 +131,7 @@ impl ClusterStatus {
                 NodeStatus {
                     node: e.node,
                     name: e.name.clone(),
-                    state: s.cluster_state.as_ref().map_or(MemberState::Inactive, |c| c.member(e.node).state),
+                    state: member_state(s, e.node, hb),
                     live: live(e.node),
                     heartbeat_age_ms: ran.map(|h| s.now_unix_ms.saturating_sub(h.written_unix_ms)),
                     master_eligible: e.master_eligible,

@@ -1,0 +1,806 @@
+//! `sdc demo`: a three-node cluster on a loop file in a temporary directory, with a narrated
+//! timeline of what the membership manager does: three joins, a graceful leave, a kill -9 and
+//! its forced leave, a rejoin, the master's death and the new master, and a second rejoin.
+//!
+//! The daemons are child processes of this same binary (`sdc join` with four rehearsal layers),
+//! each logging to its own file in the temporary directory. The demo drives the scenario by
+//! reading the disk as `sdc status` does, and takes what the layers did, and when, from the
+//! daemons' logs, so the narration says what really happened. Every step has a deadline. Every
+//! child is killed (SIGKILL) on every way out, Ctrl-C included, and the directory is removed
+//! unless `--keep`.
+
+use crate::cli::{DemoArgs, DiskArgs};
+use crate::util::{open_db, snapshot};
+use crate::{exit, fail, CmdResult, Failure};
+use membership_db::daemon::unix_ms;
+use membership_db::db::MembershipDb;
+use membership_db::format::{MemberState, NodeId, Timing};
+use membership_db::io::IoMode;
+use membership_db::status::{ClusterStatus, NodeStatus};
+use std::fs::File;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Node names; node ids are 1 to 3.
+const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
+/// The rehearsal layers every node registers, bottom-up.
+const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
+const CLUSTER: &str = "demo";
+const DISK_SIZE: &str = "64MiB";
+/// fence >= 3 * heartbeat and fence + heartbeat + 100 < dead, as the format requires.
+const FAST: Timing = Timing { heartbeat_ms: 50, dead_ms: 600, fence_ms: 300 };
+/// The defaults of `sdc format`.
+const SLOW: Timing = Timing { heartbeat_ms: 100, dead_ms: 1000, fence_ms: 600 };
+const _: () = assert!(FAST.fence_ms >= 3 * FAST.heartbeat_ms && FAST.fence_ms + FAST.heartbeat_ms + 100 < FAST.dead_ms);
+const _: () = assert!(SLOW.fence_ms >= 3 * SLOW.heartbeat_ms && SLOW.fence_ms + SLOW.heartbeat_ms + 100 < SLOW.dead_ms);
+/// How long any one step may take before the demo gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Between two polls.
+const POLL: Duration = Duration::from_millis(25);
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+
+/// The signal that interrupted the demo (SIGINT, SIGTERM), or 0.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    INTERRUPTED.store(sig, Ordering::Release);
+}
+
+fn install_signal_handlers() -> Result<(), Failure> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return fail(format!("cannot install the handler for signal {sig}"));
+        }
+    }
+    Ok(())
+}
+
+/// Every child in its own process group, so that Ctrl-C reaches the demo alone (which then
+/// kills them), and killed by the kernel should the demo itself die without cleaning up.
+fn detach(cmd: &mut Command) {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemons' logs
+
+/// One log line: its time stamp and the text after the `sdc[cluster node N name]` prefix.
+struct LogLine {
+    unix_ms: u64,
+    text: String,
+}
+
+/// `layer dlm: join of node 2 (incarnation 1), barrier 1 of 2; view [...]`
+struct LayerNote {
+    layer: String,
+    kind: String,
+    subject: u16,
+    incarnation: u64,
+}
+
+/// `2026-11-24T05:01:02.345Z` (as `util::utc` writes it) to Unix milliseconds.
+fn parse_utc(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60 + ss).ok().map(|secs| secs * 1000 + ms as u64)
+}
+
+fn read_log(path: &Path) -> Vec<LogLine> {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (stamp, rest) = line.split_once(' ')?;
+            let unix_ms = parse_utc(stamp)?;
+            let text = rest.strip_prefix("sdc[").and_then(|r| r.split_once("] ")).map_or(rest, |(_, t)| t);
+            Some(LogLine { unix_ms, text: text.to_string() })
+        })
+        .collect()
+}
+
+/// The last line of a log, without its time stamp and prefix.
+fn last_line(path: &Path) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else { return "(empty)".into() };
+    let line = match line.split_once(' ') {
+        Some((stamp, rest)) if parse_utc(stamp).is_some() => rest,
+        _ => line,
+    };
+    line.strip_prefix("sdc[").and_then(|r| r.split_once("] ")).map_or(line, |(_, t)| t).to_string()
+}
+
+fn layer_note(text: &str) -> Option<LayerNote> {
+    let rest = text.strip_prefix("layer ")?;
+    let (layer, rest) = rest.split_once(": ")?;
+    let (kind, rest) = rest.split_once(" of node ")?;
+    let (subject, rest) = rest.split_once(" (incarnation ")?;
+    let (incarnation, _) = rest.split_once(')')?;
+    Some(LayerNote {
+        layer: layer.to_string(),
+        kind: kind.to_string(),
+        subject: subject.parse().ok()?,
+        incarnation: incarnation.parse().ok()?,
+    })
+}
+
+fn layer_title(name: &str) -> String {
+    match name {
+        "dlm" => "DLM".into(),
+        "vdm" => "VDM".into(),
+        "sfs" => "SFS".into(),
+        "em" => "event manager".into(),
+        other => other.into(),
+    }
+}
+
+/// `DLM (2 barriers) → VDM → SFS → event manager`: the layers in the order notified, one
+/// notification per barrier.
+fn render_steps(layers: &[String]) -> String {
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for l in layers {
+        match groups.last_mut() {
+            Some((name, n)) if *name == l.as_str() => *n += 1,
+            _ => groups.push((l, 1)),
+        }
+    }
+    if groups.is_empty() {
+        return "no layer".into();
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(name, n)| if *n > 1 { format!("{} ({n} barriers)", layer_title(name)) } else { layer_title(name) })
+        .collect();
+    parts.join(" → ")
+}
+
+/// `node 1`, `nodes 1 and 2`, `nodes 1, 2 and 3`
+fn nodes_text(nodes: &[u16]) -> String {
+    match nodes {
+        [] => "no node".into(),
+        [n] => format!("node {n}"),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(|n| n.to_string()).collect();
+            format!("nodes {} and {last}", rest.join(", "))
+        }
+    }
+}
+
+fn exit_text(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exit status 0".into(),
+        (Some(c), _) if c == exit::FENCED => format!("exit status {c}: fenced"),
+        (Some(c), _) if c == exit::FORCED_OUT => format!("exit status {c}: forced out"),
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "unknown exit".into(),
+    }
+}
+
+fn name(node: u16) -> &'static str {
+    NAMES[node as usize - 1]
+}
+
+fn node_of(s: &ClusterStatus, node: u16) -> Option<&NodeStatus> {
+    s.nodes.iter().find(|n| n.node == NodeId(node))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo
+
+/// One `sdc join` process.
+struct Daemon {
+    node: u16,
+    pid: u32,
+    child: Child,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+    /// The demo stops it on purpose (kill -9, sdc leave): its exit is no failure.
+    exit_expected: bool,
+}
+
+/// A child that is killed and reaped when dropped, whatever happens.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Demo {
+    started: Instant,
+    exe: PathBuf,
+    dir: PathBuf,
+    disk: PathBuf,
+    keep: bool,
+    timing: Timing,
+    db: Option<MembershipDb>,
+    daemons: Vec<Daemon>,
+    /// Set when stdout cannot be written.
+    stdout_error: std::cell::RefCell<Option<String>>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.kill_all();
+        self.db = None;
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Demo {
+    fn say(&self, line: impl std::fmt::Display) {
+        self.print(&format!("[{:5.2}s] {line}\n", self.started.elapsed().as_secs_f64()));
+    }
+
+    /// Writes to stdout; a closed stdout (`sdc demo | head`) stops the demo at the next check.
+    fn print(&self, text: &str) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            self.stdout_error.replace(Some(e.to_string()));
+        }
+    }
+
+    fn disk_str(&self) -> String {
+        self.disk.display().to_string()
+    }
+
+    /// Kills every daemon still running; returns how many there were.
+    fn kill_all(&mut self) -> usize {
+        let mut killed = 0;
+        for d in &mut self.daemons {
+            if d.exit.is_none() {
+                let _ = d.child.kill();
+                d.exit = d.child.wait().ok();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    fn check_interrupted(&self) -> Result<(), Failure> {
+        if let Some(e) = self.stdout_error.borrow().as_ref() {
+            return fail(format!("cannot write to stdout ({e}); stopped the demo"));
+        }
+        let sig = INTERRUPTED.load(Ordering::Acquire);
+        if sig == 0 {
+            return Ok(());
+        }
+        let what =
+            if sig == libc::SIGINT { "interrupted (SIGINT)".to_string() } else { format!("stopped by signal {sig}") };
+        let dir =
+            if self.keep { format!("kept {}", self.dir.display()) } else { format!("removed {}", self.dir.display()) };
+        Err(Failure { status: 128 + sig, message: format!("demo {what}; killed the daemons and {dir}") })
+    }
+
+    /// The tail of a failure message: where to look.
+    fn hint(&self) -> String {
+        if self.keep {
+            format!("; the daemons' logs are in {}", self.dir.display())
+        } else {
+            "; run `sdc demo --keep` to keep the daemons' logs".into()
+        }
+    }
+
+    /// Records the daemons that exited; one that exits unasked is a failed demo.
+    fn check_daemons(&mut self) -> Result<(), Failure> {
+        for i in 0..self.daemons.len() {
+            let d = &mut self.daemons[i];
+            if d.exit.is_some() {
+                continue;
+            }
+            let Some(status) = d.child.try_wait()? else { continue };
+            d.exit = Some(status);
+            if !d.exit_expected {
+                let node = d.node;
+                let last = last_line(&d.log);
+                return fail(format!(
+                    "the daemon of node {node} ({}) exited unexpectedly ({}); its last log line: {last}{}",
+                    name(node),
+                    exit_text(status),
+                    self.hint()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn db(&self) -> &MembershipDb {
+        self.db.as_ref().expect("the disk is open once formatted")
+    }
+
+    fn status(&self) -> Result<ClusterStatus, Failure> {
+        Ok(ClusterStatus::of(&snapshot(self.db())?))
+    }
+
+    /// `master none, epoch 1; node 1 joined live, node 2 inactive dead, ...`, for failures.
+    fn summary(&self) -> String {
+        let Ok(s) = self.status() else { return "the disk could not be read".into() };
+        let nodes: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|n| format!("node {} {} {}", n.node, n.state.name(), if n.live { "live" } else { "not live" }))
+            .collect();
+        let master = s.master.map_or("none".into(), |m| format!("node {m}"));
+        let moving: Vec<String> =
+            s.transitions.iter().map(|t| format!("{} of node {}", t.kind.name(), t.node)).collect();
+        let moving = if moving.is_empty() { String::new() } else { format!("; in flight: {}", moving.join(", ")) };
+        format!("master {master}, epoch {}; {}{moving}", s.epoch, nodes.join(", "))
+    }
+
+    /// Polls `ready` until it returns a value, within [`STEP_TIMEOUT`].
+    fn wait<T>(
+        &mut self,
+        what: &str,
+        mut ready: impl FnMut(&Demo) -> Result<Option<T>, Failure>,
+    ) -> Result<T, Failure> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            self.check_interrupted()?;
+            self.check_daemons()?;
+            if let Some(v) = ready(self)? {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                return fail(format!(
+                    "gave up after {} s waiting for {what} (the disk says: {}){}",
+                    STEP_TIMEOUT.as_secs(),
+                    self.summary(),
+                    self.hint()
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Runs `sdc ARGS` to completion (bounded) and returns its stdout.
+    fn sdc(&self, args: &[&str]) -> Result<String, Failure> {
+        let out_path = self.dir.join("command.out");
+        let err_path = self.dir.join("command.err");
+        let create =
+            |p: &Path| File::create(p).map_err(|e| Failure::from(format!("cannot create {}: {e}", p.display())));
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args).stdin(Stdio::null()).stdout(create(&out_path)?).stderr(create(&err_path)?);
+        detach(&mut cmd);
+        let shown = format!("sdc {}", args.first().copied().unwrap_or_default());
+        let mut child =
+            KillOnDrop(cmd.spawn().map_err(|e| Failure::from(format!("cannot run {}: {e}", self.exe.display())))?);
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let status = loop {
+            self.check_interrupted()?;
+            if let Some(status) = child.0.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                return fail(format!("`{shown}` did not finish within {} s{}", STEP_TIMEOUT.as_secs(), self.hint()));
+            }
+            std::thread::sleep(POLL);
+        };
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        if !status.success() {
+            let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").to_string();
+            return fail(format!("`{shown}` failed ({}): {why}", exit_text(status)));
+        }
+        Ok(stdout)
+    }
+
+    /// Starts `sdc join` for `node`; returns the daemon's index.
+    fn start(&mut self, node: u16) -> Result<usize, Failure> {
+        let run = self.daemons.iter().filter(|d| d.node == node).count() + 1;
+        let log = self.dir.join(if run == 1 { format!("node{node}.log") } else { format!("node{node}-run{run}.log") });
+        let file = File::create(&log).map_err(|e| Failure::from(format!("cannot create {}: {e}", log.display())))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("join").arg("--disk").arg(&self.disk).args(["--node", &node.to_string()]);
+        for l in LAYERS {
+            cmd.args(["--layer", l]);
+        }
+        cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        detach(&mut cmd);
+        let child = cmd.spawn().map_err(|e| Failure::from(format!("cannot run {}: {e}", self.exe.display())))?;
+        self.daemons.push(Daemon { node, pid: child.id(), child, log, exit: None, exit_expected: false });
+        Ok(self.daemons.len() - 1)
+    }
+
+    /// The daemon of `node` that runs now.
+    fn running(&self, node: u16) -> Option<usize> {
+        self.daemons.iter().rposition(|d| d.node == node && d.exit.is_none())
+    }
+
+    /// Fails unless the disk shows `node` as a live, joined member: what the next step needs.
+    fn expect_member(&self, node: u16, before: &str) -> Result<(), Failure> {
+        let s = self.status()?;
+        if node_of(&s, node).is_some_and(|n| n.state == MemberState::Joined && n.live) {
+            return Ok(());
+        }
+        fail(format!(
+            "node {node} ({}) should be a live member before {before}, but the disk says: {}{}",
+            name(node),
+            self.summary(),
+            self.hint()
+        ))
+    }
+
+    /// The running daemon of `node`, which the scenario needs now.
+    fn daemon_of(&self, node: u16) -> Result<usize, Failure> {
+        match self.running(node) {
+            Some(i) => Ok(i),
+            None => fail(format!(
+                "node {node} has no running daemon at this step (the disk says: {}){}",
+                self.summary(),
+                self.hint()
+            )),
+        }
+    }
+
+    fn kill9(&mut self, i: usize) -> u64 {
+        let d = &mut self.daemons[i];
+        d.exit_expected = true;
+        let at = unix_ms();
+        let _ = d.child.kill();
+        d.exit = d.child.wait().ok();
+        at
+    }
+
+    /// The layers notified for one transition, in order, as daemon `i` logged them.
+    fn steps_seen_by(&self, i: usize, kind: &str, subject: u16, incarnation: u64) -> Vec<String> {
+        read_log(&self.daemons[i].log)
+            .iter()
+            .filter_map(|l| layer_note(&l.text))
+            .filter(|n| n.kind == kind && n.subject == subject && n.incarnation == incarnation)
+            .map(|n| n.layer)
+            .collect()
+    }
+
+    /// The nodes whose layers were notified of a transition, from every daemon's log.
+    fn took_part(&self, kind: &str, subject: u16, incarnation: u64) -> Vec<u16> {
+        let mut nodes: Vec<u16> = (0..self.daemons.len())
+            .filter(|&i| !self.steps_seen_by(i, kind, subject, incarnation).is_empty())
+            .map(|i| self.daemons[i].node)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// When daemon `i` first logged a line starting with `prefix`, at or after `since`.
+    fn logged(&self, i: usize, prefix: &str, since: u64) -> Option<u64> {
+        read_log(&self.daemons[i].log)
+            .iter()
+            .find(|l| l.unix_ms >= since && l.text.starts_with(prefix))
+            .map(|l| l.unix_ms)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The steps
+
+    fn setup(&mut self) -> Result<(), Failure> {
+        let disk = self.disk_str();
+        let t = self.timing;
+        self.sdc(&[
+            "format",
+            "--disk",
+            &disk,
+            "--size",
+            DISK_SIZE,
+            "--cluster",
+            CLUSTER,
+            "--max-nodes",
+            "8",
+            "--heartbeat-ms",
+            &t.heartbeat_ms.to_string(),
+            "--dead-ms",
+            &t.dead_ms.to_string(),
+            "--fence-ms",
+            &t.fence_ms.to_string(),
+        ])?;
+        self.db = Some(open_db(&DiskArgs { disk: self.disk.clone(), io: IoMode::Mmap }, false)?);
+        self.say(format!(
+            "formatted a 64 MiB loop file at {disk}: cluster {CLUSTER}, heartbeat {} ms, dead {} ms, fence {} ms, mmap I/O",
+            t.heartbeat_ms, t.dead_ms, t.fence_ms
+        ));
+        for node in 1..=3u16 {
+            let address = format!("127.0.0.{node}");
+            self.sdc(&[
+                "node",
+                "add",
+                "--disk",
+                &disk,
+                "--node",
+                &node.to_string(),
+                "--name",
+                name(node),
+                "--address",
+                &address,
+            ])?;
+        }
+        self.say("added node 1 (alpha), node 2 (bravo) and node 3 (charlie) to the node table");
+        self.say(
+            "each node runs four rehearsal layers, bottom-up: DLM (order 10, 2 barriers to join), VDM (20), SFS (30), \
+             event manager (40); each logs every notification it gets",
+        );
+        Ok(())
+    }
+
+    /// Starts `node` and waits until it has joined; returns (daemon index, incarnation).
+    fn join(&mut self, node: u16) -> Result<(usize, u64), Failure> {
+        let rejoin = self.daemons.iter().any(|d| d.node == node);
+        let i = self.start(node)?;
+        let pid = self.daemons[i].pid;
+        if self.daemons.len() == 1 {
+            let layers: Vec<String> = LAYERS.iter().map(|l| format!("--layer {l}")).collect();
+            self.say(format!(
+                "started node {node} ({}), pid {pid}: sdc join --disk {} --node {node} {}",
+                name(node),
+                self.disk_str(),
+                layers.join(" ")
+            ));
+        } else {
+            self.say(format!("started node {node} ({}), pid {pid}: sdc join --node {node}, same layers", name(node)));
+        }
+        let first = self.daemons.len() == 1;
+        if first {
+            let epoch = self.wait(&format!("node {node} to become master"), |d| {
+                let s = d.status()?;
+                Ok((s.master == Some(NodeId(node))).then_some(s.epoch))
+            })?;
+            self.say(format!(
+                "node {node} ({}) is master (epoch {epoch}): the first node up wins the election on the disk",
+                name(node)
+            ));
+        }
+        let incarnation = self.wait(&format!("node {node} to join"), |d| {
+            let s = d.status()?;
+            Ok(node_of(&s, node)
+                .filter(|n| n.state == MemberState::Joined && n.live && n.pid == Some(pid))
+                .and_then(|n| n.incarnation))
+        })?;
+        let steps = render_steps(&self.steps_seen_by(i, "join", node, incarnation));
+        let with = nodes_text(&self.took_part("join", node, incarnation));
+        if rejoin {
+            // A daemon that finds its slot still `up` (a kill -9 leaves it so) watches it for
+            // dead-ms before taking it over.
+            let waited = read_log(&self.daemons[i].log).iter().any(|l| l.text.starts_with("this node's slot shows"));
+            let waited = if waited { ", after watching its slot's stale heartbeat for dead-ms" } else { "" };
+            self.say(format!(
+                "node {node} ({}) rejoins with incarnation {incarnation}{waited}: {steps}; {with} took part",
+                name(node)
+            ));
+        } else if first {
+            self.say(format!("node {node} ({}) joined: {steps}, alone", name(node)));
+        } else {
+            self.say(format!(
+                "node {node} ({}) joined: {steps}; {with} took part, each layer a cluster-wide barrier",
+                name(node)
+            ));
+        }
+        Ok((i, incarnation))
+    }
+
+    fn graceful_leave(&mut self, node: u16, incarnation: u64) -> Result<(), Failure> {
+        let i = self.daemon_of(node)?;
+        self.expect_member(node, "its graceful leave")?;
+        self.say(format!("node {node} ({}) leaves gracefully: sdc leave --node {node}", name(node)));
+        self.daemons[i].exit_expected = true;
+        let disk = self.disk_str();
+        self.sdc(&[
+            "leave",
+            "--disk",
+            &disk,
+            "--node",
+            &node.to_string(),
+            "--timeout",
+            &STEP_TIMEOUT.as_secs().to_string(),
+        ])?;
+        let status = self.wait(&format!("the daemon of node {node} to exit"), |d| Ok(d.daemons[i].exit))?;
+        if status.code() != Some(0) {
+            return fail(format!("the daemon of node {node} left but ended with {}{}", exit_text(status), self.hint()));
+        }
+        self.wait(&format!("node {node} to be inactive"), |d| {
+            let s = d.status()?;
+            Ok(node_of(&s, node).filter(|n| n.state == MemberState::Inactive && !n.live).map(|_| ()))
+        })?;
+        let steps = render_steps(&self.steps_seen_by(i, "leave", node, incarnation));
+        let with = nodes_text(&self.took_part("leave", node, incarnation));
+        self.say(format!(
+            "node {node} left, top-down: {steps}; {with} took part; its daemon marked its slot down and exited 0"
+        ));
+        Ok(())
+    }
+
+    /// kill -9 of a node that is not master; the master forces it out.
+    fn kill_member(&mut self, node: u16, incarnation: u64) -> Result<(), Failure> {
+        let s = self.status()?;
+        let master = s.master.map(|m| m.0).filter(|&m| m != node);
+        let Some(master) = master else {
+            return fail(format!("no master but node {node} to force it out (the disk says: {})", self.summary()));
+        };
+        let m = self.daemon_of(master)?;
+        let i = self.daemon_of(node)?;
+        self.expect_member(node, "its kill -9")?;
+        let pid = self.daemons[i].pid;
+        let killed_at = self.kill9(i);
+        self.say(format!("kill -9 node {node} ({}), pid {pid}", name(node)));
+        let done_prefix = format!("master: forced-leave of node {node} complete");
+        let done_at = self.wait(&format!("the master to force node {node} out"), |d| {
+            let s = d.status()?;
+            let out = node_of(&s, node).is_some_and(|n| n.state == MemberState::Inactive && !n.live)
+                && !s.transitions.iter().any(|t| t.node == NodeId(node));
+            Ok(if out { d.logged(m, &done_prefix, killed_at) } else { None })
+        })?;
+        let noticed = self.logged(m, &format!("node {node} is dead"), killed_at);
+        let noticed = noticed.map_or("(its log does not say when)".into(), |t| format!("after {} ms", t - killed_at));
+        let steps = render_steps(&self.steps_seen_by(m, "forced-leave", node, incarnation));
+        let with = nodes_text(&self.took_part("forced-leave", node, incarnation));
+        self.say(format!(
+            "node {master} noticed {noticed} (dead-ms {}, counted from the last heartbeat it saw); forced leave of node {node} ran bottom-up through {steps} \
+             (acknowledged by {with}); node {node} is inactive {} ms after the kill",
+            self.timing.dead_ms,
+            done_at - killed_at
+        ));
+        Ok(())
+    }
+
+    /// kill -9 of the master; another node takes over and forces it out. Returns the new master.
+    fn kill_master(&mut self) -> Result<u16, Failure> {
+        let s = self.status()?;
+        let Some(old) = s.master.map(|m| m.0) else { return fail("no master to kill") };
+        let old_epoch = s.epoch;
+        let incarnation = node_of(&s, old).and_then(|n| n.incarnation).unwrap_or_default();
+        let i = self.daemon_of(old)?;
+        self.expect_member(old, "its kill -9")?;
+        let pid = self.daemons[i].pid;
+        let killed_at = self.kill9(i);
+        self.say(format!("kill -9 the master, node {old} ({}), pid {pid}", name(old)));
+        let (new, epoch) = self.wait("a new master", |d| {
+            let s = d.status()?;
+            Ok(s.master.filter(|m| m.0 != old && s.epoch > old_epoch).map(|m| (m.0, s.epoch)))
+        })?;
+        let m = self.daemon_of(new)?;
+        let done_prefix = format!("master: forced-leave of node {old} complete");
+        let done_at = self.wait(&format!("node {new} to force node {old} out"), |d| {
+            let s = d.status()?;
+            let out = node_of(&s, old).is_some_and(|n| n.state == MemberState::Inactive && !n.live)
+                && !s.transitions.iter().any(|t| t.node == NodeId(old));
+            Ok(if out { d.logged(m, &done_prefix, killed_at) } else { None })
+        })?;
+        let after = |prefix: &str| self.logged(m, prefix, killed_at).map(|t| t - killed_at);
+        let became = after(&format!("this node is now master (epoch {epoch})"));
+        let noticed = after(&format!("node {old} is dead"));
+        let text = match (noticed, became) {
+            (Some(n), Some(b)) => {
+                format!("judged node {old} dead after {n} ms and is master (epoch {epoch}) after {b} ms")
+            }
+            (_, Some(b)) => format!("is master (epoch {epoch}) after {b} ms"),
+            _ => format!("is master (epoch {epoch})"),
+        };
+        self.say(format!("node {new} ({}) {text}", name(new)));
+        let steps = render_steps(&self.steps_seen_by(m, "forced-leave", old, incarnation));
+        let with = nodes_text(&self.took_part("forced-leave", old, incarnation));
+        self.say(format!(
+            "node {new} forced node {old} out: {steps} (acknowledged by {with}); node {old} is inactive {} ms after the kill",
+            done_at - killed_at
+        ));
+        Ok(new)
+    }
+
+    fn scenario(&mut self) -> Result<(), Failure> {
+        self.say(format!(
+            "sdc demo: a three-node cluster in {} ({})",
+            self.dir.display(),
+            if self.keep { "kept at the end: --keep" } else { "removed at the end; --keep keeps it" }
+        ));
+        self.setup()?;
+        let mut incarnation = [0u64; 4];
+        for node in 1..=3u16 {
+            incarnation[node as usize] = self.join(node)?.1;
+        }
+        // Node 1 is master, normally; whichever it is, the other two leave, one gracefully and
+        // one by kill -9, and the killed one comes back before the master dies.
+        let Some(first_master) = self.status()?.master.map(|m| m.0) else {
+            return fail(format!("no master once the three nodes joined (the disk says: {})", self.summary()));
+        };
+        let others: Vec<u16> = (1..=3).filter(|&n| n != first_master).collect();
+        let (victim, leaver) = (others[0], others[1]);
+        self.graceful_leave(leaver, incarnation[leaver as usize])?;
+        self.kill_member(victim, incarnation[victim as usize])?;
+        self.join(victim)?;
+        let old = self.status()?.master.map_or(first_master, |m| m.0);
+        let new = self.kill_master()?;
+        self.join(old)?;
+        let s = self.status()?;
+        match s.master {
+            Some(m) if m.0 == new => {
+                self.say(format!("node {new} stays master (epoch {}): a returning node does not take over", s.epoch))
+            }
+            Some(m) => self.say(format!("node {m} is master now (epoch {})", s.epoch)),
+            None => return fail(format!("no master after node {old} rejoined (the disk says: {})", self.summary())),
+        }
+        let table = self.sdc(&["status", "--disk", &self.disk_str()])?;
+        self.say(format!("sdc status --disk {}", self.disk_str()));
+        self.print(&format!("\n{table}\n"));
+        self.check_interrupted()
+    }
+}
+
+fn temp_dir() -> Result<PathBuf, Failure> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let dir = base.join(format!("sdc-demo-{}-{}-{attempt}", std::process::id(), unix_ms() % 1_000_000));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return fail(format!("cannot create a directory in {}: {e}", base.display())),
+        }
+    }
+    fail(format!("cannot create a directory in {}: every name tried exists", base.display()))
+}
+
+pub fn run(a: DemoArgs) -> CmdResult {
+    install_signal_handlers()?;
+    let exe = std::env::current_exe().map_err(|e| Failure::from(format!("cannot find the sdc executable: {e}")))?;
+    let dir = temp_dir()?;
+    let mut demo = Demo {
+        started: Instant::now(),
+        exe,
+        disk: dir.join("cluster.img"),
+        dir,
+        keep: a.keep,
+        timing: if a.slow { SLOW } else { FAST },
+        db: None,
+        daemons: Vec::new(),
+        stdout_error: Default::default(),
+    };
+    demo.scenario()?;
+    let killed = demo.kill_all();
+    let logs: Vec<String> = demo
+        .daemons
+        .iter()
+        .map(|d| d.log.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    if demo.keep {
+        demo.say(format!(
+            "stopped the {killed} running daemons (kill -9); kept {}: cluster.img and the logs {}",
+            demo.dir.display(),
+            logs.join(", ")
+        ));
+    } else {
+        demo.say(format!("stopped the {killed} running daemons (kill -9) and removed {}", demo.dir.display()));
+    }
+    demo.say(format!("demo complete in {:.1} s", demo.started.elapsed().as_secs_f64()));
+    Ok(exit::OK)
+}
