@@ -6,6 +6,32 @@
 
 use crate::error::{CorruptRecord, Problem, RecordKind};
 
+/// Declares an enum stored on the disk as one byte: its values, the names people and JSON see,
+/// and the decoding of the byte (`None` for a byte no value has).
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant = $value,)+
+        }
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub(crate) fn from_u8(v: u8) -> Option<$name> {
+                Self::ALL.iter().copied().find(|k| *k as u8 == v)
+            }
+            /// The name people and JSON see.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use wire_enum;
+
 /// Writes fields at increasing positions in a fixed-size record buffer.
 pub(crate) struct Encoder<'a> {
     buf: &'a mut [u8],

@@ -35,7 +35,7 @@
 //! The cluster state adds the epoch's parity: copy `(epoch % 2) * 2 + seq % 2`, so a deposed
 //! master's late write can never land on the copies its successor writes.
 
-use crate::codec::{Decoder, Encoder};
+use crate::codec::{wire_enum, Decoder, Encoder};
 use crate::error::{CorruptRecord, DbError, Problem, RecordKind};
 use std::fmt;
 
@@ -533,33 +533,17 @@ fn decode_bool(v: u8, what: &str, d: &Decoder<'_>) -> Result<bool, CorruptRecord
 // ---------------------------------------------------------------------------------------------
 // Heartbeat
 
-/// What a node's daemon says of itself in its heartbeat slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HeartbeatState {
-    /// Formatted; no daemon has run on this slot.
-    Never = 0,
-    /// A daemon is running (if the counter moves).
-    Up = 1,
-    /// The daemon stopped cleanly.
-    Down = 2,
-    /// The daemon fenced itself.
-    Fenced = 3,
-}
-
-impl HeartbeatState {
-    fn from_u8(v: u8) -> Option<HeartbeatState> {
-        [HeartbeatState::Never, HeartbeatState::Up, HeartbeatState::Down, HeartbeatState::Fenced]
-            .into_iter()
-            .find(|s| *s as u8 == v)
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            HeartbeatState::Never => "never",
-            HeartbeatState::Up => "up",
-            HeartbeatState::Down => "down",
-            HeartbeatState::Fenced => "fenced",
-        }
+wire_enum! {
+    /// What a node's daemon says of itself in its heartbeat slot.
+    pub enum HeartbeatState {
+        /// Formatted; no daemon has run on this slot.
+        Never = 0 => "never",
+        /// A daemon is running (if the counter moves).
+        Up = 1 => "up",
+        /// The daemon stopped cleanly.
+        Down = 2 => "down",
+        /// The daemon fenced itself.
+        Fenced = 3 => "fenced",
     }
 }
 
@@ -784,76 +768,43 @@ pub fn validate_layers(layers: &[LayerSpec]) -> Result<(), String> {
     Ok(())
 }
 
-/// The kinds of transition (seed 004).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TransitionKind {
-    Join = 1,
-    Leave = 2,
-    ForcedLeave = 3,
-}
-
-impl TransitionKind {
-    fn from_u8(v: u8) -> Option<TransitionKind> {
-        [TransitionKind::Join, TransitionKind::Leave, TransitionKind::ForcedLeave].into_iter().find(|k| *k as u8 == v)
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            TransitionKind::Join => "join",
-            TransitionKind::Leave => "leave",
-            TransitionKind::ForcedLeave => "forced-leave",
-        }
+wire_enum! {
+    /// The kinds of transition (seed 004).
+    pub enum TransitionKind {
+        Join = 1 => "join",
+        Leave = 2 => "leave",
+        ForcedLeave = 3 => "forced-leave",
     }
 }
 
-/// A node's membership state (seed 004).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MemberState {
-    Inactive = 0,
-    Joining = 1,
-    Joined = 2,
-    Leaving = 3,
-    ForcedLeaving = 4,
+wire_enum! {
+    /// A node's membership state (seed 004).
+    pub enum MemberState {
+        Inactive = 0 => "inactive",
+        Joining = 1 => "joining",
+        Joined = 2 => "joined",
+        Leaving = 3 => "leaving",
+        ForcedLeaving = 4 => "forced-leaving",
+    }
 }
 
 impl MemberState {
-    fn from_u8(v: u8) -> Option<MemberState> {
-        [
-            MemberState::Inactive,
-            MemberState::Joining,
-            MemberState::Joined,
-            MemberState::Leaving,
-            MemberState::ForcedLeaving,
-        ]
-        .into_iter()
-        .find(|k| *k as u8 == v)
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            MemberState::Inactive => "inactive",
-            MemberState::Joining => "joining",
-            MemberState::Joined => "joined",
-            MemberState::Leaving => "leaving",
-            MemberState::ForcedLeaving => "forced-leaving",
-        }
-    }
     /// In the cluster: its subsystems take part in transitions.
     pub fn is_member(self) -> bool {
         matches!(self, MemberState::Joining | MemberState::Joined | MemberState::Leaving)
     }
 }
 
-/// Why a join was refused or aborted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RefusalReason {
-    /// The joining node registers a layer with other barrier counts than the cluster.
-    BarrierMismatch = 1,
-    /// A subsystem answered the join notification with a nack.
-    Nacked = 2,
-    /// The joining node's registrations are invalid (too many, duplicate orders).
-    InvalidLayers = 3,
+wire_enum! {
+    /// Why a join was refused or aborted.
+    pub enum RefusalReason {
+        /// The joining node registers a layer with other barrier counts than the cluster.
+        BarrierMismatch = 1 => "barrier-mismatch",
+        /// A subsystem answered the join notification with a nack.
+        Nacked = 2 => "nacked",
+        /// The joining node's registrations are invalid (too many, duplicate orders).
+        InvalidLayers = 3 => "invalid-layers",
+    }
 }
 
 /// A join refused or aborted, kept until that node's next incarnation asks again.
@@ -1071,12 +1022,8 @@ impl ClusterState {
             let (r_inc, r_reason, order, node, ours, theirs) =
                 (d.u64()?, d.u8()?, d.u32()?, d.u16()?, d.u8()?, d.u8()?);
             let refusal = if has_refusal {
-                let reason = match r_reason {
-                    1 => RefusalReason::BarrierMismatch,
-                    2 => RefusalReason::Nacked,
-                    3 => RefusalReason::InvalidLayers,
-                    other => return Err(d.invalid(format!("refusal reason {other}"))),
-                };
+                let reason =
+                    RefusalReason::from_u8(r_reason).ok_or_else(|| d.invalid(format!("refusal reason {r_reason}")))?;
                 Some(JoinRefusal { incarnation: r_inc, reason, order, node, ours, theirs })
             } else {
                 None
@@ -1152,14 +1099,14 @@ pub fn cluster_state_copy(epoch: u64, seq: u64) -> usize {
     ((epoch % 2) * 2 + seq % 2) as usize
 }
 
-/// What a node's daemon asks of the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Want {
-    /// Nothing: the daemon is not running, or has just started.
-    Nothing = 0,
-    Join = 1,
-    Leave = 2,
+wire_enum! {
+    /// What a node's daemon asks of the master.
+    pub enum Want {
+        /// Nothing: the daemon is not running, or has just started.
+        Nothing = 0 => "nothing",
+        Join = 1 => "join",
+        Leave = 2 => "leave",
+    }
 }
 
 /// A node's request record: written only by that node, double-buffered.
@@ -1207,12 +1154,8 @@ impl NodeRequest {
         check_copy(seq, copy, &d)?;
         let node = check_node(d.u16()?, node, &d)?;
         let incarnation = d.u64()?;
-        let want = match d.u8()? {
-            0 => Want::Nothing,
-            1 => Want::Join,
-            2 => Want::Leave,
-            other => return Err(d.invalid(format!("request {other}"))),
-        };
+        let raw = d.u8()?;
+        let want = Want::from_u8(raw).ok_or_else(|| d.invalid(format!("request {raw}")))?;
         let count = d.u8()? as usize;
         if count > LAYERS_MAX {
             return Err(d.invalid(format!("{count} layers")));
