@@ -4,7 +4,8 @@ use std::process::Command;
 
 #[test]
 fn demo_runs_the_whole_story_and_cleans_up() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sdc")).arg("demo").output().expect("run sdc demo");
+    // --slow: the default timings, with room for a loaded CI machine.
+    let out = Command::new(env!("CARGO_BIN_EXE_sdc")).args(["demo", "--slow"]).output().expect("run sdc demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sdc demo failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);

@@ -18,7 +18,16 @@ pub fn run(a: StatusArgs) -> CmdResult {
         eprintln!("sdc: warning: {bad}; using the other copy (see sdc inspect)");
     }
     loop {
-        let status = ClusterStatus::of(&snapshot(&db)?);
+        let mut status = ClusterStatus::of(&snapshot(&db)?);
+        if !status.corrupt.is_empty() {
+            // A read that overlapped a daemon's write (mmap) fails its checksum once; damage
+            // stays. Only records that fail twice are reported.
+            let again = ClusterStatus::of(&snapshot(&db)?);
+            let persistent =
+                status.corrupt.iter().filter(|c| again.corrupt.iter().any(|a| a.offset == c.offset)).cloned().collect();
+            status = again;
+            status.corrupt = persistent;
+        }
         match (a.read.json, a.watch) {
             (true, false) => print_json(&status)?,
             (true, true) => {

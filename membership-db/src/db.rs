@@ -292,9 +292,10 @@ impl MembershipDb {
             .collect())
     }
 
+    /// A heartbeat need only be visible, not durable: it is stale after any crash anyway.
     pub fn write_heartbeat(&self, hb: &Heartbeat) -> Result<(), DbError> {
         self.check_node_id(hb.node)?;
-        self.write_slot(self.layout.heartbeat_offset(hb.node), hb.encode())
+        self.disk.write_visible_at(self.layout.heartbeat_offset(hb.node), &padded(hb.encode(), self.layout.slot_bytes))
     }
 
     // --- claims -------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ pub trait Disk: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError>;
     /// Writes `data` at `offset`; durable when this returns.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError>;
+    /// Writes a record whose loss in a host crash is harmless (a heartbeat: it is rewritten
+    /// every interval, and stale after any crash): visible to the other nodes when this returns,
+    /// but a back end may skip making it durable.
+    fn write_visible_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+        self.write_at(offset, data)
+    }
     /// Size in bytes.
     fn len_bytes(&self) -> u64;
     /// Logical sector size: the unit of atomic, aligned I/O.
@@ -256,6 +262,14 @@ impl Disk for MmapDisk {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+        self.write_visible_at(offset, data)?;
+        self.map.flush_range(offset as usize, data.len()).map_err(|e| DbError::io("flushing", offset, data.len(), e))
+    }
+
+    /// The page cache is what the processes of one host share: a write is visible to them when
+    /// the copy is done. Skipping the `msync` keeps heartbeats (the most frequent write) off the
+    /// file system's journal, whose stalls would otherwise count against `fence_ms`.
+    fn write_visible_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
         check_bounds(offset, data.len(), self.len, "writing")?;
         if !self.writable {
             return Err(DbError::io("writing", offset, data.len(), std::io::Error::from_raw_os_error(libc::EROFS)));
@@ -264,7 +278,7 @@ impl Disk for MmapDisk {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset as usize), data.len());
         }
-        self.map.flush_range(offset as usize, data.len()).map_err(|e| DbError::io("flushing", offset, data.len(), e))
+        Ok(())
     }
 
     fn len_bytes(&self) -> u64 {

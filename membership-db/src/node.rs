@@ -24,7 +24,7 @@
 //! some node judged it dead.
 
 use crate::claim::{Abort, Attempt, ClaimSummary, Step};
-use crate::error::CorruptRecord;
+use crate::error::{CorruptRecord, RecordKind};
 use crate::format::*;
 use crate::liveness::{Liveness, NodeLiveness};
 use std::collections::VecDeque;
@@ -210,6 +210,7 @@ pub struct NodeCore {
     stop_requested: bool,
     reported_live: u128,
     reported_corrupt: Vec<CorruptRecord>,
+    suspect_corrupt: Vec<CorruptRecord>,
     events: VecDeque<Event>,
     events_dropped: u64,
     cycles: u64,
@@ -240,6 +241,7 @@ impl NodeCore {
             stop_requested: false,
             reported_live: 0,
             reported_corrupt: Vec::new(),
+            suspect_corrupt: Vec::new(),
             events: VecDeque::new(),
             events_dropped: 0,
             cycles: 0,
@@ -494,21 +496,26 @@ impl NodeCore {
         }
     }
 
-    /// Reports each corrupt record once, until it heals.
-    fn note_corrupt<T>(&mut self, records: &[Result<T, CorruptRecord>]) {
+    /// Reports a corrupt record once, when it has failed two reads in a row: with mmap, a read
+    /// that overlaps another process's write fails its checksum once (a torn read, harmless:
+    /// it is not used), while real damage stays. Forgets records that read well again.
+    fn note_corrupt<T>(&mut self, kind: RecordKind, records: &[Result<T, CorruptRecord>]) {
         let now_bad: Vec<CorruptRecord> = records.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
         for bad in &now_bad {
-            if !self.reported_corrupt.iter().any(|r| r.offset == bad.offset) {
+            let twice = self.suspect_corrupt.iter().any(|r| r.offset == bad.offset);
+            let reported = self.reported_corrupt.iter().any(|r| r.offset == bad.offset);
+            if twice && !reported {
+                self.reported_corrupt.push(bad.clone());
                 self.event(Event::Corrupt(bad.clone()));
             }
         }
-        let kinds: Vec<_> = now_bad.iter().map(|b| b.kind).collect();
-        self.reported_corrupt.retain(|r| !kinds.contains(&r.kind));
-        self.reported_corrupt.extend(now_bad);
+        self.reported_corrupt.retain(|r| r.kind != kind || now_bad.iter().any(|b| b.offset == r.offset));
+        self.suspect_corrupt.retain(|r| r.kind != kind);
+        self.suspect_corrupt.extend(now_bad);
     }
 
     fn observe(&mut self, now: Millis, hbs: &[Result<Heartbeat, CorruptRecord>]) {
-        self.note_corrupt(hbs);
+        self.note_corrupt(RecordKind::Heartbeat, hbs);
         self.liveness.observe(now, hbs);
         for node in NodeId::all(self.config.max_nodes) {
             if node == self.config.node {
@@ -571,7 +578,7 @@ impl NodeCore {
             Ok(c) => c,
             Err(e) => return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the claim region: {}", e.0)))),
         };
-        self.note_corrupt(&claims);
+        self.note_corrupt(RecordKind::Claim, &claims);
         let idx = self.config.node.index();
         let own_hb_incarnation = self.liveness.heartbeat(self.config.node).map_or(0, |h| h.incarnation);
         let own = match &claims[idx] {
@@ -614,7 +621,7 @@ impl NodeCore {
     }
 
     fn on_claims(&mut self, now: Millis, claims: Vec<Result<Claim, CorruptRecord>>) {
-        self.note_corrupt(&claims);
+        self.note_corrupt(RecordKind::Claim, &claims);
         self.cycles += 1;
         if self.cycles % SUPERBLOCK_CHECK_CYCLES == 0 && self.attempt.is_none() {
             self.next = Some((Action::ReadSuperblock, Pending::Superblock));
@@ -1027,6 +1034,28 @@ mod tests {
         let t = sim.now;
         sim.run_until(6000, "a while", |s| s.now > t + 5000);
         assert_eq!(sim.master(), None, "no eligible node is left");
+    }
+
+    #[test]
+    fn a_torn_read_is_not_reported_but_lasting_damage_is_once() {
+        let sim = Sim::new(2, 0b11, 1);
+        let mut core = NodeCore::new(sim.config(NodeId(1)), 0);
+        let bad = |offset| CorruptRecord { kind: RecordKind::Heartbeat, offset, problem: crate::error::Problem::Blank };
+        let good = Ok(Heartbeat::never(NodeId(2)));
+        let reported = |core: &mut NodeCore| {
+            std::iter::from_fn(|| core.poll_event()).filter(|e| matches!(e, Event::Corrupt(_))).count()
+        };
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), Err(bad(512))]);
+        assert_eq!(reported(&mut core), 0, "one failed read may be a torn read");
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), good.clone()]);
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), Err(bad(512))]);
+        assert_eq!(reported(&mut core), 0, "healed in between: torn again, not damaged");
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), Err(bad(512))]);
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), Err(bad(512))]);
+        assert_eq!(reported(&mut core), 1, "lasting damage is reported once");
+        core.note_corrupt(RecordKind::Claim, &[good.clone(), good.clone()]);
+        core.note_corrupt(RecordKind::Heartbeat, &[good.clone(), Err(bad(512))]);
+        assert_eq!(reported(&mut core), 0, "a read of another kind forgets nothing");
     }
 
     #[test]

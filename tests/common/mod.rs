@@ -24,11 +24,13 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const SDC: &str = env!("CARGO_BIN_EXE_sdc");
 
-/// Fast timings for tests. The format's rule: fence >= 3 * heartbeat (300 >= 150) and
-/// fence + heartbeat + 100 < dead (450 < 600).
-pub const HEARTBEAT_MS: u32 = 50;
-pub const FENCE_MS: u32 = 300;
-pub const DEAD_MS: u32 = 600;
+/// Timings for tests: fast, with room for a loaded two-core CI machine that stalls a process
+/// for a few hundred milliseconds (a stall longer than fence-ms fences a healthy node). The
+/// format's rule: fence >= 3 * heartbeat (800 >= 300) and fence + heartbeat + 100 < dead
+/// (1000 < 1200).
+pub const HEARTBEAT_MS: u32 = 100;
+pub const FENCE_MS: u32 = 800;
+pub const DEAD_MS: u32 = 1200;
 const _: () = assert!(FENCE_MS >= 3 * HEARTBEAT_MS);
 const _: () = assert!(FENCE_MS + HEARTBEAT_MS + 100 < DEAD_MS);
 
