@@ -309,35 +309,13 @@ impl Mc {
     /// `sdc status --json`, read again (a few times at most) after a torn read.
     #[track_caller]
     fn status(&self) -> Value {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let out = self.c.sdc(&["status", "--json"]);
-            if !out.status.success() {
-                panic!("sdc status failed: {}\n{}", describe(&out), self.logs());
-            }
-            if stderr(&out).contains("corrupt") && tries < 3 {
-                continue;
-            }
-            return json_of(&out);
-        }
+        self.c.status_json_or(|| self.logs())
     }
 
     /// `sdc inspect --json`, read again (a few times at most) after a torn read.
     #[track_caller]
     fn inspect(&self) -> Value {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let out = self.c.sdc(&["inspect", "--json"]);
-            if out.status.code() == Some(3) && tries < 3 {
-                continue;
-            }
-            if !out.status.success() {
-                panic!("sdc inspect failed: {}\n{}", describe(&out), self.logs());
-            }
-            return json_of(&out);
-        }
+        self.c.inspect_json_or(|| self.logs())
     }
 
     /// At most one heartbeat in state up carries the status's epoch as its master epoch, and

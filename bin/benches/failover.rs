@@ -25,6 +25,10 @@
 //! not be run at all (a cluster that never formed or never failed over). Every daemon is killed
 //! and every temporary file removed by `Drop` guards, on errors and panics too.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::stats;
+
 use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
 use membership_db::format::{HeartbeatState, NodeId};
@@ -361,23 +365,6 @@ fn run_trial(p: &Profile, cluster: &mut Cluster) -> Result<Outcome> {
 
 /// A table row: its label and the value it shows of each trial.
 type Column = (&'static str, fn(&Outcome) -> f64);
-
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(xs: &[f64]) -> Option<Stats> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Stats { median, min: v[0], max: v[n - 1] })
-}
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.

@@ -42,6 +42,10 @@
 //! end the current step with an error so that the guards run, and every daemon is started with
 //! `PR_SET_PDEATHSIG(SIGKILL)` so that none survives the bench being killed outright.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::stats;
+
 use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
 use membership_db::format::{ClusterState, MemberState, NodeId, Timing};
@@ -843,26 +847,6 @@ fn iterate(cluster: &mut Cluster, run: &mut SizeRun, budget: Duration) -> Result
     cluster.wait_steady(STEP_TIMEOUT)?;
     cluster.check_background(true)?;
     Ok(())
-}
-
-struct Stats {
-    n: usize,
-    median: f64,
-    p99: f64,
-    min: f64,
-}
-
-fn stats(xs: &[f64]) -> Option<Stats> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    // Nearest rank: with fewer than 100 samples this is the maximum.
-    let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
-    Some(Stats { n, median, p99: v[rank - 1], min: v[0] })
 }
 
 fn machine() -> String {

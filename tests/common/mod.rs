@@ -386,12 +386,19 @@ impl Cluster {
     /// fails the test).
     #[track_caller]
     pub fn status_json(&self) -> Value {
+        self.status_json_or(|| self.logs())
+    }
+
+    /// [`Cluster::status_json`], with `logs` for the failure message (a fixture that runs
+    /// daemons of its own passes their logs).
+    #[track_caller]
+    pub fn status_json_or(&self, logs: impl Fn() -> String) -> Value {
         let mut tries = 0;
         loop {
             tries += 1;
             let out = self.sdc(&["status", "--json"]);
             if !out.status.success() {
-                panic!("sdc status failed: {}\n{}", describe(&out), self.logs());
+                panic!("sdc status failed: {}\n{}", describe(&out), logs());
             }
             if stderr(&out).contains("corrupt") && tries < 3 {
                 continue;
@@ -404,6 +411,12 @@ impl Cluster {
     /// times at most, after a torn read; see [`Cluster::status_json`]).
     #[track_caller]
     pub fn inspect_json(&self) -> Value {
+        self.inspect_json_or(|| self.logs())
+    }
+
+    /// [`Cluster::inspect_json`], with `logs` for the failure message.
+    #[track_caller]
+    pub fn inspect_json_or(&self, logs: impl Fn() -> String) -> Value {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -412,7 +425,7 @@ impl Cluster {
                 continue;
             }
             if !out.status.success() {
-                panic!("sdc inspect failed: {}\n{}", describe(&out), self.logs());
+                panic!("sdc inspect failed: {}\n{}", describe(&out), logs());
             }
             return json_of(&out);
         }
