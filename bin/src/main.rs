@@ -10,6 +10,7 @@ mod cmd_inspect;
 mod cmd_join;
 mod cmd_leave;
 mod cmd_node;
+mod cmd_sim;
 mod cmd_status;
 mod util;
 
@@ -99,6 +100,7 @@ fn main() {
         cli::Command::Inspect(a) => cmd_inspect::run(a),
         cli::Command::Join(a) => cmd_join::run(a),
         cli::Command::Leave(a) => cmd_leave::run(a),
+        cli::Command::Sim(a) => cmd_sim::run(a),
         cli::Command::Status(a) => cmd_status::run(a),
         cli::Command::Demo(a) => cmd_demo::run(a),
     };

@@ -17,7 +17,8 @@ fn failure(e: DbError) -> IoFailure {
     IoFailure(e.to_string())
 }
 
-fn perform_member(db: &MembershipDb, action: Action) -> Completion {
+/// Performs one action of a [`MemberCore`] against the disk (the simulator runs this too).
+pub fn perform_member(db: &MembershipDb, action: Action) -> Completion {
     match action {
         Action::Node(a) => Completion::Node(perform(db, a)),
         Action::ReadClusterState => Completion::ClusterState(db.read_cluster_state().map_err(failure)),

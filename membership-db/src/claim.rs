@@ -195,6 +195,11 @@ impl Attempt {
                     }
                 }
                 let value = best.map(|(_, v)| v).unwrap_or(self.me);
+                #[cfg(feature = "planted-bugs")]
+                if crate::planted::active(crate::planted::Bug::ClaimSkipsSecondRead) {
+                    let commit = next_block(own, self.me, self.epoch, self.ballot, self.ballot, Some(value), true);
+                    return Step::Decided { epoch: self.epoch, value, commit: Some(commit) };
+                }
                 Step::Write(next_block(own, self.me, self.epoch, self.ballot, self.ballot, Some(value), false))
             }
             Phase::Accept(value) => Step::Decided {

@@ -37,5 +37,7 @@ pub mod format;
 pub mod io;
 pub mod liveness;
 pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod rng;
 pub mod status;

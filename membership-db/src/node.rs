@@ -339,7 +339,11 @@ impl NodeCore {
         }
         // Time is checked before anything is written: a node that wakes from a freeze fences
         // before it can act on a stale view.
-        if let Some(deadline) = self.fence_deadline() {
+        #[cfg(feature = "planted-bugs")]
+        let planted_no_fence = crate::planted::active(crate::planted::Bug::NodeDoesNotFence);
+        #[cfg(not(feature = "planted-bugs"))]
+        let planted_no_fence = false;
+        if let Some(deadline) = self.fence_deadline().filter(|_| !planted_no_fence) {
             if now >= deadline {
                 let since_ms = now - self.heartbeat_ok_at.unwrap_or(now);
                 self.finish(Exit::Fenced(FenceReason::HeartbeatTimeout { since_ms }));

@@ -1,0 +1,28 @@
+//! The CI seed budget: every seed keeps every invariant and converges once faults stop.
+
+/// Seeds run by `cargo test` (the soak is `sdc sim --seeds N` with a larger N).
+pub const CI_SEEDS: u64 = 2000;
+
+/// Runs `count` seeds on two threads (the seeds are independent; each is deterministic).
+fn run_parallel(count: u64) -> Vec<simulation::Summary> {
+    let half = count / 2;
+    std::thread::scope(|s| {
+        let a = s.spawn(|| simulation::run_seeds(0, half, &mut |_, _| {}));
+        let b = s.spawn(|| simulation::run_seeds(half, count - half, &mut |_, _| {}));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    })
+}
+
+#[test]
+fn seeds_keep_every_invariant_and_converge() {
+    let count: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(CI_SEEDS);
+    let summaries = run_parallel(count);
+    let failed: Vec<&simulation::sim::Violation> = summaries.iter().flat_map(|s| &s.failed).collect();
+    if let Some(v) = failed.first() {
+        panic!("{} of {count} seeds failed; the first:\n{v}", failed.len());
+    }
+    let transitions: u64 = summaries.iter().map(|s| s.transitions).sum();
+    let torn: u64 = summaries.iter().map(|s| s.faults.get("torn-write").copied().unwrap_or(0)).sum();
+    assert!(transitions > count, "the seeds must exercise transitions: {summaries:?}");
+    assert!(torn > count / 10, "the seeds must tear writes: {torn} in {count} seeds");
+}
