@@ -77,7 +77,7 @@ impl fmt::Display for Violation {
 }
 
 /// What a run that kept every invariant did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub seed: u64,
     pub nodes: u16,

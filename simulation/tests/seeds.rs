@@ -26,3 +26,14 @@ fn seeds_keep_every_invariant_and_converge() {
     assert!(transitions > count, "the seeds must exercise transitions: {summaries:?}");
     assert!(torn > count / 10, "the seeds must tear writes: {torn} in {count} seeds");
 }
+
+/// One seed is one exact run: the same seed gives the same run, action for action.
+#[test]
+fn a_seed_replays_identically() {
+    for seed in [7, 99, 1234] {
+        let config = simulation::sim::Config::for_seed(seed);
+        let first = simulation::sim::run(&config).expect("no violation");
+        let again = simulation::sim::run(&config).expect("no violation");
+        assert_eq!(first, again, "seed {seed} did not replay identically");
+    }
+}
