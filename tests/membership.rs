@@ -26,10 +26,6 @@ use common::*;
 use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The rehearsal layers every node registers.
@@ -136,40 +132,26 @@ fn now_unix_ms() -> u64 {
 // -------------------------------------------------------------------------------------------
 // The fixture: a Cluster (disk, status, inspect) and daemons started with rehearsal layers
 
-struct Daemon {
-    node: u16,
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
+/// The daemons are the common fixture's, started with rehearsal layers.
+type P = Proc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct P(usize);
-
-/// A formatted disk (through the common [`Cluster`], which keeps disk and logs of a failed
-/// test) and the `sdc join` daemons this file starts, all with rehearsal layers. Daemons are
-/// SIGKILLed when it drops.
+/// A formatted disk and its daemons (the common [`Cluster`], which SIGKILLs them on drop and
+/// keeps disk and logs of a failed test), with the waits and log checks of this file.
 struct Mc {
-    daemons: RefCell<Vec<Daemon>>,
     c: Cluster,
 }
 
-impl Drop for Mc {
-    fn drop(&mut self) {
-        for d in self.daemons.get_mut().iter_mut() {
-            if d.exit.is_none() {
-                let _ = d.child.kill();
-                let _ = d.child.wait();
-            }
-        }
-        // Then `c` drops: its temporary directory (logs included) is kept if the test failed.
+impl std::ops::Deref for Mc {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.c
     }
 }
 
 impl Mc {
     /// Nodes 1..=n, all master-eligible, on an 8-slot disk with the fast test timings.
     fn new(n: u16) -> Mc {
-        Mc { daemons: RefCell::new(Vec::new()), c: Cluster::new(n) }
+        Mc { c: Cluster::new(n) }
     }
 
     /// `sdc join --node NODE` with the four standard layers.
@@ -178,98 +160,8 @@ impl Mc {
     }
 
     fn start_with(&self, node: u16, layers: &[&str]) -> P {
-        let mut daemons = self.daemons.borrow_mut();
-        let log = self.c.dir.path().join(format!("node{node}.{}.log", daemons.len()));
-        let log_file = File::create(&log).expect("create log file");
-        let mut cmd = Command::new(SDC);
-        cmd.args(["join", "--disk", self.c.disk_str(), "--node", &node.to_string()]);
-        for l in layers {
-            cmd.args(["--layer", l]);
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
-        cmd.env("RUST_BACKTRACE", "1").env_remove("RUST_LOG");
-        // SAFETY: prctl is async-signal-safe. The daemon dies with the thread that spawned it,
-        // should the test process die without running Drop.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn sdc join");
-        daemons.push(Daemon { node, child, log, exit: None });
-        P(daemons.len() - 1)
-    }
-
-    fn node_of(&self, p: P) -> u16 {
-        self.daemons.borrow()[p.0].node
-    }
-
-    fn pid(&self, p: P) -> i32 {
-        self.daemons.borrow()[p.0].child.id() as i32
-    }
-
-    #[track_caller]
-    fn signal(&self, p: P, sig: i32) {
-        let d = &self.daemons.borrow()[p.0];
-        assert!(d.exit.is_none(), "node {} has already exited ({:?})", d.node, d.exit);
-        // SAFETY: kill(2) on our own unreaped child.
-        let rc = unsafe { libc::kill(d.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", d.child.id(), std::io::Error::last_os_error());
-    }
-
-    #[track_caller]
-    fn kill9(&self, p: P) {
-        self.signal(p, libc::SIGKILL);
-        let status = self.wait_exit(p);
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "node {} after SIGKILL", self.node_of(p));
-    }
-
-    fn try_exit(&self, p: P) -> Option<ExitStatus> {
-        let mut daemons = self.daemons.borrow_mut();
-        let d = &mut daemons[p.0];
-        if d.exit.is_none() {
-            d.exit = d.child.try_wait().expect("try_wait");
-        }
-        d.exit
-    }
-
-    #[track_caller]
-    fn wait_exit(&self, p: P) -> ExitStatus {
-        let what = format!("node {} (pid {}) exits", self.node_of(p), self.pid(p));
-        self.wait_for(&what, || self.try_exit(p))
-    }
-
-    #[track_caller]
-    fn assert_running(&self, p: P) {
-        if let Some(s) = self.try_exit(p) {
-            panic!("node {} exited unexpectedly ({})\n{}", self.node_of(p), exit_text(&s), self.logs());
-        }
-    }
-
-    fn log(&self, p: P) -> String {
-        std::fs::read_to_string(&self.daemons.borrow()[p.0].log).unwrap_or_default()
-    }
-
-    fn all(&self) -> Vec<P> {
-        (0..self.daemons.borrow().len()).map(P).collect()
-    }
-
-    /// Every daemon's log, with a header naming the node, pid and how it ended.
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for p in self.all() {
-            let state = self.try_exit(p).map_or("running".into(), |st| exit_text(&st));
-            let d = &self.daemons.borrow()[p.0];
-            s += &format!(
-                "--- node {} (pid {}, {state}) log {} ---\n{}\n",
-                d.node,
-                d.child.id(),
-                d.log.display(),
-                std::fs::read_to_string(&d.log).unwrap_or_default()
-            );
-        }
-        s
+        let args: Vec<&str> = layers.iter().flat_map(|l| ["--layer", *l]).collect();
+        self.c.join_with(node, &args)
     }
 
     // --- waiting -------------------------------------------------------------------------------
@@ -420,16 +312,16 @@ impl Mc {
         assert_eq!(
             seen,
             want,
-            "node {} (daemon {}): notifications of the {kind} of node {subject} (incarnation {inc})\n{}",
+            "node {} (pid {}): notifications of the {kind} of node {subject} (incarnation {inc})\n{}",
             self.node_of(p),
-            p.0,
+            self.pid(p),
             self.logs()
         );
     }
 
     /// Daemons whose logs show any notification of the transition.
     fn observers(&self, kind: &str, subject: u16, inc: u64) -> Vec<P> {
-        self.all().into_iter().filter(|&p| !self.seen(p, kind, subject, inc).is_empty()).collect()
+        self.c.procs().into_iter().filter(|&p| !self.seen(p, kind, subject, inc).is_empty()).collect()
     }
 
     /// Every daemon that saw any of the transition saw all of it, in order (a daemon that is
@@ -449,9 +341,9 @@ impl Mc {
                 let want = expected(kind);
                 assert!(
                     seen.len() <= want.len() && seen.iter().zip(&want).all(|(a, b)| (a.0.as_str(), a.1, a.2) == *b),
-                    "departed node {} (daemon {}): notifications of the {kind} of node {subject} (incarnation {inc}) are not a prefix of {want:?}: {seen:?}\n{}",
+                    "departed node {} (pid {}): notifications of the {kind} of node {subject} (incarnation {inc}) are not a prefix of {want:?}: {seen:?}\n{}",
                     self.node_of(p),
-                    p.0,
+                    self.pid(p),
                     self.logs()
                 );
             } else {
@@ -466,7 +358,7 @@ impl Mc {
     fn position_times(&self, kind: &str, subject: u16, inc: u64) -> Vec<Option<(u64, u64)>> {
         let exp = expected(kind);
         let mut times: Vec<Option<(u64, u64)>> = vec![None; exp.len()];
-        for p in self.all() {
+        for p in self.c.procs() {
             for n in of_transition(&notes(&self.log(p)), kind, subject, inc) {
                 let i = exp
                     .iter()
@@ -507,7 +399,7 @@ impl Mc {
     #[track_caller]
     fn assert_one_master_per_epoch(&self) {
         let mut by_epoch: BTreeMap<u64, BTreeSet<u16>> = BTreeMap::new();
-        for p in self.all() {
+        for p in self.c.procs() {
             for line in self.log(p).lines() {
                 if let Some(rest) = line.split("this node is now master (epoch ").nth(1) {
                     let e: u64 = rest.trim_end_matches(')').parse().unwrap_or_else(|_| panic!("{line:?}"));

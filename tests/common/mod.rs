@@ -435,11 +435,16 @@ impl Cluster {
 
     /// Starts `sdc join --node NODE` with stderr in a log file of its own.
     pub fn join(&self, node: u16) -> Proc {
+        self.join_with(node, &[])
+    }
+
+    /// [`Cluster::join`] with more arguments (e.g. `--layer` registrations).
+    pub fn join_with(&self, node: u16, extra: &[&str]) -> Proc {
         let mut daemons = self.daemons.borrow_mut();
         let log = self.dir.path().join(format!("node{node}.{}.log", daemons.len()));
         let log_file = File::create(&log).expect("create log file");
         let mut cmd = command(["join", "--disk", self.disk_str(), "--node", &node.to_string()]);
-        cmd.stdout(Stdio::null()).stderr(log_file);
+        cmd.args(extra).stdout(Stdio::null()).stderr(log_file);
         // SAFETY: prctl is async-signal-safe. The daemon dies with the thread that spawned it,
         // should the test process die without running Drop.
         unsafe {
@@ -451,6 +456,11 @@ impl Cluster {
         let child = cmd.spawn().expect("spawn sdc join");
         daemons.push(Daemon { node, child, log, exit: None });
         Proc(daemons.len() - 1)
+    }
+
+    /// Every daemon started, in order.
+    pub fn procs(&self) -> Vec<Proc> {
+        (0..self.daemons.borrow().len()).map(Proc).collect()
     }
 
     pub fn pid(&self, p: Proc) -> i32 {
