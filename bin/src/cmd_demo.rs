@@ -12,11 +12,11 @@
 use crate::cli::{DemoArgs, DiskArgs};
 use crate::util::{open_db, snapshot};
 use crate::{exit, fail, CmdResult, Failure};
-use membership_db::daemon::unix_ms;
 use membership_db::db::MembershipDb;
 use membership_db::format::{MemberState, NodeId, Timing};
 use membership_db::io::IoMode;
 use membership_db::status::{ClusterStatus, NodeStatus};
+use membership_db::time::unix_ms;
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};

@@ -5,15 +5,15 @@
 //! nothing on the disk.
 
 use crate::cli::FormatArgs;
-use crate::util::{admin_lock, snapshot};
+use crate::cmd_status::read_status;
+use crate::util::admin_lock;
 use crate::{exit, fail, CmdResult, Failure};
-use membership_db::daemon::unix_ms;
 use membership_db::db::{probe, slot_bytes_for, FormatParams, MembershipDb, Probe};
 use membership_db::format::{
     human_bytes, parse_size, validate_cluster_name, Layout, Timing, BLOCK_BYTES, FORMAT_VERSION, NODES_MAX,
 };
 use membership_db::io::open_disk;
-use membership_db::status::ClusterStatus;
+use membership_db::time::unix_ms;
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 
@@ -65,6 +65,9 @@ pub fn run(a: FormatArgs) -> CmdResult {
         Ok(meta) if meta.file_type().is_block_device() && size.is_some() => {
             return fail(format!("{} is a block device: its size is fixed, leave out --size", path.display()));
         }
+        Ok(meta) if meta.is_file() && meta.len() == 0 && size.is_none() => {
+            return fail(format!("{} is empty (0 bytes); give --size to make it a disk of that size", path.display()));
+        }
         Ok(meta) if meta.is_file() && size.is_some_and(|s| s < meta.len()) => {
             return fail(format!(
                 "{} is already {} bytes; --size {} would shrink it (leave out --size to keep its size)",
@@ -109,7 +112,7 @@ fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: b
             }
             Probe::Formatted(_) => {
                 if let Ok(db) = MembershipDb::open(disk) {
-                    let status = ClusterStatus::of(&snapshot(&db)?);
+                    let status = read_status(&db)?;
                     if let Some(n) = status.nodes.iter().find(|n| n.live) {
                         return fail(format!(
                             "node {} ({}) is live; stop every node before reformatting",
@@ -117,6 +120,12 @@ fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: b
                         ));
                     }
                 }
+            }
+            Probe::OlderFormat { found } if !a.force => {
+                return fail(format!(
+                    "{} holds a cluster of format version {found}, older than this sdc reads ({FORMAT_VERSION}); stop every node and use --force to reformat it",
+                    path.display()
+                ));
             }
             Probe::NewerFormat { found } if !a.force => {
                 return fail(format!(

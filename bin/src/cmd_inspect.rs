@@ -3,8 +3,8 @@
 use crate::cli::ReadArgs;
 use crate::util::{print_json, utc};
 use crate::{exit, CmdResult};
-use membership_db::db::{read_superblocks, MembershipDb};
-use membership_db::error::{CorruptRecord, Problem};
+use membership_db::db::{probe, read_superblocks, MembershipDb, Probe};
+use membership_db::error::CorruptRecord;
 use membership_db::format::*;
 use membership_db::io::open_disk;
 use serde_json::{json, Value};
@@ -20,6 +20,25 @@ fn record<T: serde::Serialize>(r: &Result<T, CorruptRecord>, offset: u64, bad: &
     }
 }
 
+/// Both copies of every node's record of a double-buffered region, each with its offset.
+fn copies_section<T: serde::Serialize + Clone>(
+    copies: &[Copies<T>],
+    offset: impl Fn(NodeId, usize) -> u64,
+    bad: &mut Vec<CorruptRecord>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (i, c) in copies.iter().enumerate() {
+        let node = NodeId::from_index(i);
+        for (copy, r) in c.iter().enumerate() {
+            let mut v = record(r, offset(node, copy), bad);
+            v["node"] = json!(node);
+            v["copy"] = json!(copy);
+            out.push(v);
+        }
+    }
+    out
+}
+
 fn corrupt_json(c: &CorruptRecord) -> Value {
     json!({ "kind": c.kind, "offset": c.offset, "problem": c.problem.to_string() })
 }
@@ -30,25 +49,19 @@ pub fn run(a: ReadArgs) -> CmdResult {
     let disk_bytes = disk.len_bytes();
     // Show both superblock copies even when one is damaged; open() takes the good one.
     let sb_copies = read_superblocks(disk.as_ref())?;
-    let db = match MembershipDb::open(disk) {
-        Ok(db) => db,
-        Err(e) => {
-            // Both superblocks damaged (rather than absent): report them as corrupt records.
-            let damaged: Vec<&CorruptRecord> = sb_copies
-                .iter()
-                .filter_map(|r| r.as_ref().err())
-                .filter(|c| matches!(c.problem, Problem::Checksum { .. } | Problem::Invalid(_)))
-                .collect();
-            if damaged.is_empty() {
-                return Err(e.into());
-            }
-            for c in &damaged {
-                println!("{c}");
-            }
-            eprintln!("sdc: error: {e}");
-            return Ok(exit::CORRUPT);
+    // Both superblocks damaged or overwritten on a disk that holds a cluster (rather than a
+    // disk that never held one): report them as corrupt records.
+    if let Probe::Damaged(damaged) = probe(disk.as_ref())? {
+        for c in &damaged {
+            println!("{c}");
         }
-    };
+        eprintln!(
+            "sdc: error: both superblock copies of this cluster disk are damaged ({}); reformat it with sdc format --force after stopping every node",
+            damaged.first().map_or(String::new(), |c| c.to_string())
+        );
+        return Ok(exit::CORRUPT);
+    }
+    let db = MembershipDb::open(disk)?;
     let layout = db.layout().clone();
     let sb = db.superblock().clone();
     let mut bad: Vec<CorruptRecord> = Vec::new();
@@ -69,18 +82,7 @@ pub fn run(a: ReadArgs) -> CmdResult {
             }
         })
         .collect();
-    let node_entries: Vec<Value> = db
-        .read_node_entry_copies()?
-        .iter()
-        .zip(NodeId::all(sb.max_nodes))
-        .flat_map(|(copies, node)| (0..2).map(move |copy| (node, copy, copies[copy].clone())))
-        .map(|(node, copy, r)| {
-            let mut v = record(&r, layout.node_entry_offset(node, copy), &mut bad);
-            v["node"] = json!(node);
-            v["copy"] = json!(copy);
-            v
-        })
-        .collect();
+    let node_entries = copies_section(&db.read_node_entry_copies()?, |n, c| layout.node_entry_offset(n, c), &mut bad);
     let heartbeats: Vec<Value> = db
         .read_heartbeats()?
         .iter()
@@ -91,18 +93,10 @@ pub fn run(a: ReadArgs) -> CmdResult {
             v
         })
         .collect();
-    let claims: Vec<Value> = db
-        .read_claim_copies()?
-        .iter()
-        .zip(NodeId::all(sb.max_nodes))
-        .flat_map(|(copies, node)| (0..2).map(move |copy| (node, copy, copies[copy].clone())))
-        .map(|(node, copy, r)| {
-            let mut v = record(&r, layout.claim_offset(node, copy), &mut bad);
-            v["node"] = json!(node);
-            v["copy"] = json!(copy);
-            v
-        })
-        .collect();
+    let claims = copies_section(&db.read_claim_copies()?, |n, c| layout.claim_offset(n, c), &mut bad);
+    let requests = copies_section(&db.read_request_copies()?, |n, c| layout.node_request_offset(n, c), &mut bad);
+    let acks = copies_section(&db.read_ack_copies()?, |n, c| layout.ack_offset(n, c), &mut bad);
+    let stamp = record(&db.read_config_stamp()?, layout.config_stamp_offset(), &mut bad);
     let states: Vec<Value> = db
         .read_cluster_state_copies()?
         .iter()
@@ -136,9 +130,12 @@ pub fn run(a: ReadArgs) -> CmdResult {
             },
             "regions": layout.regions,
             "node_table": node_entries,
+            "config_stamp": stamp,
             "heartbeats": heartbeats,
             "claims": claims,
             "cluster_state": states,
+            "requests": requests,
+            "acks": acks,
             "corrupt": bad.iter().map(corrupt_json).collect::<Vec<_>>(),
         }))?;
     } else {
@@ -150,9 +147,12 @@ pub fn run(a: ReadArgs) -> CmdResult {
             &layout,
             &superblocks,
             &node_entries,
+            &stamp,
             &heartbeats,
             &claims,
             &states,
+            &requests,
+            &acks,
         );
         if bad.is_empty() {
             println!("\ncorrupt records: none");
@@ -184,9 +184,12 @@ fn print_text(
     layout: &Layout,
     superblocks: &[Value],
     node_entries: &[Value],
+    stamp: &Value,
     heartbeats: &[Value],
     claims: &[Value],
     states: &[Value],
+    requests: &[Value],
+    acks: &[Value],
 ) {
     println!("disk {}: {} bytes ({}), {}", a.disk.disk.display(), disk_bytes, human_bytes(disk_bytes), described);
     println!("\nsuperblock");
@@ -233,6 +236,16 @@ fn print_text(
     println!("  ({empty} empty copies not shown)");
 
     println!("\nheartbeat @{}", layout.region(RegionKind::Heartbeat).offset);
+    let head = format!("  config stamp @{}", stamp["offset"]);
+    match status_of(stamp) {
+        Some(err) => println!("{head}: {err}"),
+        None => println!(
+            "{head}: cluster {} node table generation {} written {}",
+            stamp["record"]["cluster_uuid"].as_str().unwrap_or(""),
+            stamp["record"]["table_generation"],
+            utc(stamp["record"]["written_unix_ms"].as_u64().unwrap_or(0))
+        ),
+    }
     let mut never = 0;
     for v in heartbeats {
         let head = format!("  node {} @{}", v["node"], v["offset"]);
@@ -242,11 +255,16 @@ fn print_text(
             None => {
                 let r = &v["record"];
                 println!(
-                    "{head}: {} incarnation {} counter {} master-epoch {} host {} pid {} written {}",
+                    "{head}: {} incarnation {} counter {} master-epoch {} claim-epoch {} holds state {}/{} request {} acks {} host {} pid {} written {}",
                     r["state"].as_str().unwrap_or(""),
                     r["incarnation"],
                     r["counter"],
                     r["master_epoch"],
+                    r["claim_epoch"],
+                    r["cluster_state"]["epoch"],
+                    r["cluster_state"]["seq"],
+                    r["request_seq"],
+                    r["ack_seq"],
                     r["host"].as_str().unwrap_or(""),
                     r["pid"],
                     utc(r["written_unix_ms"].as_u64().unwrap_or(0))
@@ -298,8 +316,30 @@ fn print_text(
             }
         }
     }
-    for kind in [RegionKind::NodeSlots, RegionKind::Layers] {
-        let r = layout.region(kind);
-        println!("\n{} @{}: {} bytes reserved for later layers", kind.name(), r.offset, r.len);
+    println!("\nnode records @{}", layout.region(RegionKind::NodeRecords).offset);
+    for (what, section) in [("request", requests), ("acknowledgements", acks)] {
+        let mut initial = 0;
+        for v in section {
+            let head = format!("  node {} {what} copy {} @{}", v["node"], v["copy"], v["offset"]);
+            match status_of(v) {
+                Some(err) => println!("{head}: {err}"),
+                None if v["record"]["incarnation"] == json!(0) => initial += 1,
+                None => {
+                    let r = &v["record"];
+                    let detail = match what {
+                        "request" => format!(
+                            "want {} leave requests honoured {}",
+                            r["want"].as_str().unwrap_or(""),
+                            r["leave_requests_seen"]
+                        ),
+                        _ => format!("{} acknowledgement(s)", r["acks"].as_array().map_or(0, Vec::len)),
+                    };
+                    println!("{head}: seq {} incarnation {} {detail}", r["seq"], r["incarnation"]);
+                }
+            }
+        }
+        println!("  ({initial} initial {what} copies not shown)");
     }
+    let r = layout.region(RegionKind::Layers);
+    println!("\n{} @{}: {} bytes reserved for later layers", RegionKind::Layers.name(), r.offset, r.len);
 }

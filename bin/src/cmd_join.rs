@@ -1,33 +1,19 @@
 //! `sdc join`: the node daemon in the foreground.
 
 use crate::cli::JoinArgs;
+use crate::signals;
 use crate::util::{node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
 use layers::api::{Registry, Subsystem};
+use layers::daemon::own_records;
 use layers::member::{refusal_text_named, MemberEvent, MemberExit};
 use layers::participant::SelfState;
-use membership_db::daemon::unix_ms;
-use membership_db::format::{Barriers, MemberState, HOST_BYTES_MAX};
+use membership_db::daemon::fence_line;
+use membership_db::error::CorruptRecord;
+use membership_db::format::{newest, Barriers, MemberState, NodeEntry, TableView, HOST_BYTES_MAX};
 use membership_db::node::{Exit, NodeConfig, Refusal};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set by SIGTERM and SIGINT; the daemon then leaves gracefully.
-static LEAVE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    LEAVE.store(true, Ordering::Release);
-}
-
-fn install_signal_handlers() -> Result<(), Failure> {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let prev = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
-        if prev == libc::SIG_ERR {
-            return fail(format!("cannot install the handler for signal {sig}"));
-        }
-    }
-    Ok(())
-}
+use membership_db::status::read_copies;
+use membership_db::time::unix_ms;
 
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -96,55 +82,66 @@ pub fn run(a: JoinArgs) -> CmdResult {
     let layer_specs = a.layers.iter().map(|s| parse_layer(s)).collect::<Result<Vec<_>, _>>()?;
     let db = open_db(&a.disk, true)?;
     let node = node_id(&db, a.node)?;
-    let table = db.read_node_table()?;
-    let entry = match &table[node.index()] {
-        Ok(e) if e.present => e.clone(),
-        Ok(_) => {
+    let copies = db.read_node_entry_copies()?;
+    let mut warnings = Vec::new();
+    let table: Vec<Result<NodeEntry, CorruptRecord>> = copies.iter().map(|c| newest(c, |e| e.seq)).collect();
+    let entry = match read_copies(&copies[node.index()], |e| e.seq, "node table entry", &mut warnings) {
+        Some(e) if e.present => e,
+        Some(_) if !warnings.is_empty() => {
+            return fail(format!(
+                "node {node} is not in the node table as its older copy reads ({}); re-add it with `sdc node add --node {node} --name NAME`",
+                warnings[0].text
+            ))
+        }
+        Some(_) => {
             return fail(format!(
                 "node {node} is not in the node table; add it with `sdc node add --node {node} --name NAME`"
             ))
         }
-        Err(corrupt) => return fail(format!("the node table entry of node {node} is unreadable: {corrupt}")),
+        None => return fail(format!("the node table entry of node {node} is unreadable: {}", warnings[0].text)),
     };
-    let eligible_nodes = table
-        .iter()
-        .flatten()
-        .filter(|e| e.present && e.master_eligible)
-        .fold(0u128, |bits, e| bits | 1u128 << e.node.index());
+    let stamp = db.read_config_stamp()?;
+    let (own, incarnation_floor) = own_records(&db, node, entry.leave_requests)?;
     let sb = db.superblock().clone();
     let config = NodeConfig {
         node,
-        master_eligible: entry.master_eligible,
         max_nodes: sb.max_nodes,
         timing: sb.timing,
-        eligible_nodes,
         cluster_uuid: sb.cluster_uuid,
+        table: TableView::of(&table),
+        table_generation: stamp.as_ref().map_or(0, |s| s.table_generation),
+        incarnation_floor,
         pid: std::process::id(),
         host: host_name(),
     };
     let prefix = format!("sdc[{} node {node} {}]", sb.cluster_name, entry.name);
+    let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
+    for w in &warnings {
+        say(&format!("warning: {}", w.text));
+    }
+    if let Err(bad) = &stamp {
+        say(&format!("warning: {bad}; node table changes are polled until an admin command rewrites it"));
+    }
     let mut registry = Registry::new();
     for (name, order, barriers) in layer_specs {
         let sub = registry.register(order, &name, barriers)?;
         run_rehearsal_layer(sub, prefix.clone());
     }
-    install_signal_handlers()?;
-    eprintln!(
-        "{} {prefix} starting on {} (heartbeat {} ms, dead {} ms, fence {} ms; {} layer(s) registered)",
-        utc(unix_ms()),
+    signals::install_daemon_handlers(&prefix)?;
+    say(&format!(
+        "starting on {} (heartbeat {} ms, dead {} ms, fence {} ms; {} layer(s) registered)",
         db.disk().describe(),
         sb.timing.heartbeat_ms,
         sb.timing.dead_ms,
         sb.timing.fence_ms,
         registry.specs().len()
-    );
-    let exit = layers::daemon::run(&db, config, &registry, &LEAVE, &mut |event| {
+    ));
+    let exit = layers::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &mut |event| {
         // A refused join is said once, in the final error line (which names the layer).
         if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
-            eprintln!("{} {prefix} {event}", utc(unix_ms()))
+            say(&event.to_string())
         }
     })?;
-    let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
     let specs = registry.specs();
     let layer_name = |order: u32| specs.iter().find(|l| l.order == order).map(|l| l.name.as_str());
     match exit {
@@ -152,12 +149,16 @@ pub fn run(a: JoinArgs) -> CmdResult {
             say("stopped; slot marked down");
             Ok(exit::OK)
         }
+        MemberExit::StoppedWithoutLeave(why) => {
+            say(&format!("stopped WITHOUT a graceful leave ({why}); slot marked down"));
+            Ok(exit::STOPPED_WITHOUT_LEAVE)
+        }
         MemberExit::Node(Exit::Refused(Refusal::AlreadyRunning(why))) => {
             Err(Failure { status: exit::ALREADY_RUNNING, message: why })
         }
         MemberExit::Node(Exit::Refused(Refusal::Io(why))) => fail(why),
         MemberExit::Node(Exit::Fenced(reason)) => {
-            say(&format!("FENCED: {reason}; stopped acting and exiting"));
+            eprintln!("{}", fence_line(&prefix, &reason.to_string(), unix_ms()));
             Ok(exit::FENCED)
         }
         MemberExit::ForcedOut(refusal) => {

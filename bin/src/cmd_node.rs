@@ -1,11 +1,16 @@
 //! `sdc node add | list | remove`: the persistent node table.
+//!
+//! Every change writes the node's entry (to the copy that does not hold the newest one), then
+//! bumps the config stamp's table generation, so running nodes read the table within one
+//! heartbeat interval.
 
 use crate::cli::{NodeAddArgs, NodeRemoveArgs, ReadArgs};
-use crate::util::{admin_lock, node_id, open_db, print_json, snapshot};
+use crate::cmd_status::read_status;
+use crate::util::{admin_lock, node_id, open_db, print_json};
 use crate::{exit, fail, CmdResult};
-use membership_db::daemon::unix_ms;
 use membership_db::format::{validate_address, validate_node_name, NodeEntry};
-use membership_db::status::ClusterStatus;
+use membership_db::status::{read_copies, Warning};
+use membership_db::time::unix_ms;
 
 pub fn add(a: NodeAddArgs) -> CmdResult {
     validate_node_name(&a.name)?;
@@ -14,7 +19,10 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
     let db = open_db(&a.disk, true)?;
     let node = node_id(&db, a.node)?;
     let copies = db.read_node_entry_copies()?;
-    for entry in db.read_node_table()?.iter().flatten().filter(|e| e.present) {
+    let mut warnings = Vec::new();
+    let table: Vec<Option<NodeEntry>> =
+        copies.iter().map(|c| read_copies(c, |e| e.seq, "node table entry", &mut warnings)).collect();
+    for entry in table.iter().flatten().filter(|e| e.present) {
         if entry.node == node {
             return fail(format!("node {node} already exists (name {}); remove it first", entry.name));
         }
@@ -22,6 +30,10 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
             return fail(format!("name {} is already used by node {}", a.name, entry.node));
         }
     }
+    for w in &warnings {
+        eprintln!("sdc: warning: {}", w.text);
+    }
+    let previous = table[node.index()].as_ref();
     let entry = NodeEntry {
         node,
         seq: db.next_node_entry_seq(&copies[node.index()]),
@@ -30,9 +42,12 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
         name: a.name.clone(),
         address: a.address.clone(),
         updated_unix_ms: unix_ms(),
-        leave_requests: 0,
+        // The count goes on from the removed entry's: a daemon compares it with the count it
+        // honoured, which must never look ahead of it.
+        leave_requests: previous.map_or(0, |e| e.leave_requests),
     };
     db.write_node_entry(&entry)?;
+    db.bump_table_generation(unix_ms())?;
     let role = if entry.master_eligible { "master-eligible" } else { "not master-eligible" };
     println!("added node {node} ({}), {role}", entry.name);
     Ok(exit::OK)
@@ -43,34 +58,44 @@ pub fn remove(a: NodeRemoveArgs) -> CmdResult {
     let db = open_db(&a.disk, true)?;
     let node = node_id(&db, a.node)?;
     let copies = db.read_node_entry_copies()?;
-    let table = db.read_node_table()?;
-    match &table[node.index()] {
-        Ok(e) if !e.present => return fail(format!("node {node} is not in the node table")),
-        _ => {}
+    let mut warnings = Vec::new();
+    let current = read_copies(&copies[node.index()], |e| e.seq, "node table entry", &mut warnings);
+    if let Some(e) = current.as_ref().filter(|e| !e.present) {
+        let _ = e;
+        return fail(format!("node {node} is not in the node table"));
     }
-    let status = ClusterStatus::of(&snapshot(&db)?);
+    let status = read_status(&db)?;
     if status.nodes.iter().any(|n| n.node == node && n.live) {
         return fail(format!("node {node} is live; stop it (sdc leave or SIGTERM) before removing it"));
     }
     let entry = NodeEntry {
         updated_unix_ms: unix_ms(),
+        leave_requests: current.map_or(0, |e| e.leave_requests),
         ..NodeEntry::absent(node, db.next_node_entry_seq(&copies[node.index()]))
     };
     db.write_node_entry(&entry)?;
+    db.bump_table_generation(unix_ms())?;
     println!("removed node {node}");
     Ok(exit::OK)
 }
 
 pub fn list(a: ReadArgs) -> CmdResult {
     let db = open_db(&a.disk, false)?;
-    let table = db.read_node_table()?;
-    let present: Vec<&NodeEntry> = table.iter().flatten().filter(|e| e.present).collect();
+    let copies = db.read_node_entry_copies()?;
+    let mut warnings: Vec<Warning> = Vec::new();
+    let table: Vec<NodeEntry> = copies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| read_copies(c, |e| e.seq, &format!("node table entry of node {}", i + 1), &mut warnings))
+        .collect();
+    let present: Vec<&NodeEntry> = table.iter().filter(|e| e.present).collect();
     if a.json {
         print_json(&serde_json::json!({
             "cluster": db.superblock().cluster_name,
             "nodes": present.iter().map(|e| serde_json::json!({
                 "node": e.node, "name": e.name, "master_eligible": e.master_eligible, "address": e.address,
             })).collect::<Vec<_>>(),
+            "warnings": warnings,
         }))?;
     } else {
         println!("{:<5} {:<20} {:<16} ADDRESS", "NODE", "NAME", "MASTER-ELIGIBLE");
@@ -84,8 +109,8 @@ pub fn list(a: ReadArgs) -> CmdResult {
             );
         }
     }
-    for bad in table.iter().filter_map(|r| r.as_ref().err()) {
-        eprintln!("sdc: warning: {bad}; that node is not listed (see sdc inspect)");
+    for w in &warnings {
+        eprintln!("sdc: warning: {} (see sdc inspect)", w.text);
     }
     Ok(exit::OK)
 }

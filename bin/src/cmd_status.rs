@@ -3,7 +3,6 @@
 use crate::cli::StatusArgs;
 use crate::util::{open_db, print_json, snapshot};
 use crate::{exit, CmdResult, Failure};
-use membership_db::db::read_superblocks;
 use membership_db::format::HeartbeatState;
 use membership_db::status::ClusterStatus;
 use std::fmt::Write;
@@ -14,20 +13,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 pub fn run(a: StatusArgs) -> CmdResult {
     let db = open_db(&a.read.disk, false)?;
-    for bad in read_superblocks(db.disk())?.iter().filter_map(|c| c.as_ref().err()) {
-        eprintln!("sdc: warning: {bad}; using the other copy (see sdc inspect)");
-    }
     loop {
-        let mut status = ClusterStatus::of(&snapshot(&db)?);
-        if !status.corrupt.is_empty() {
-            // A read that overlapped a daemon's write (mmap) fails its checksum once; damage
-            // stays. Only records that fail twice are reported.
-            let again = ClusterStatus::of(&snapshot(&db)?);
-            let persistent =
-                status.corrupt.iter().filter(|c| again.corrupt.iter().any(|a| a.offset == c.offset)).cloned().collect();
-            status = again;
-            status.corrupt = persistent;
-        }
+        let status = read_status(&db)?;
         match (a.read.json, a.watch) {
             (true, false) => print_json(&status)?,
             (true, true) => {
@@ -38,8 +25,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
             (false, true) => print!("\x1b[H\x1b[2J{}", render(&status)),
             (false, false) => print!("{}", render(&status)),
         }
-        for bad in &status.corrupt {
-            eprintln!("sdc: warning: {bad}; not used (see sdc inspect)");
+        for w in &status.warnings {
+            eprintln!("sdc: warning: {} (see sdc inspect)", w.text);
         }
         if !a.watch {
             return Ok(exit::OK);
@@ -47,6 +34,18 @@ pub fn run(a: StatusArgs) -> CmdResult {
         std::io::Write::flush(&mut std::io::stdout()).map_err(Failure::from)?;
         std::thread::sleep(WATCH_INTERVAL);
     }
+}
+
+/// The status, with the warnings that hold in two readings: a read that overlapped a daemon's
+/// write (mmap) fails its checksum once; damage stays.
+pub fn read_status(db: &membership_db::db::MembershipDb) -> Result<ClusterStatus, Failure> {
+    let status = ClusterStatus::of(&snapshot(db)?);
+    if status.warnings.is_empty() {
+        return Ok(status);
+    }
+    let mut again = ClusterStatus::of(&snapshot(db)?);
+    again.warnings.retain(|w| status.warnings.iter().any(|v| v.text == w.text));
+    Ok(again)
 }
 
 fn render(s: &ClusterStatus) -> String {

@@ -12,6 +12,7 @@ mod cmd_leave;
 mod cmd_node;
 mod cmd_sim;
 mod cmd_status;
+mod signals;
 mod util;
 
 use clap::Parser;
@@ -31,6 +32,9 @@ pub mod exit {
     pub const FENCED: i32 = membership_db::daemon::EXIT_FENCED;
     /// `join` was forced out of the cluster by the other nodes.
     pub const FORCED_OUT: i32 = 6;
+    /// `join` was asked to stop and stopped without a graceful leave: no master could sequence
+    /// it in time (or a second SIGTERM asked for a stop at once). The others force it out.
+    pub const STOPPED_WITHOUT_LEAVE: i32 = 7;
 }
 
 /// A failure with the exit status it maps to.
@@ -91,6 +95,10 @@ fn main() {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    }
+    if let Err(e) = signals::install_bus_handler() {
+        eprintln!("sdc: error: {e}");
+        std::process::exit(exit::ERROR);
     }
     let result = match cli.command {
         cli::Command::Format(a) => cmd_format::run(a),

@@ -3,11 +3,11 @@
 
 use crate::cli::DiskArgs;
 use crate::Failure;
-use membership_db::daemon::unix_ms;
-use membership_db::db::MembershipDb;
+use membership_db::db::{read_superblocks, MembershipDb};
 use membership_db::format::NodeId;
 use membership_db::io::open_disk;
 use membership_db::status::Snapshot;
+use membership_db::time::unix_ms;
 use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
@@ -34,20 +34,18 @@ pub fn admin_lock(path: &Path) -> Result<File, Failure> {
 /// apart (bounded to one second) so that a moving heartbeat is seen moving.
 pub fn snapshot(db: &MembershipDb) -> Result<Snapshot, Failure> {
     let first = db.read_heartbeats()?;
-    let states = db.read_cluster_state_copies()?;
     let gap = (db.superblock().timing.heartbeat_ms as u64 * 3 / 2).clamp(10, 1000);
     std::thread::sleep(Duration::from_millis(gap));
+    let beacons = db.read_beacons(membership_db::format::NodeId(db.max_nodes()))?;
     Ok(Snapshot {
         superblock: db.superblock().clone(),
-        node_table: db.read_node_table()?,
+        superblock_copies: read_superblocks(db.disk())?.to_vec(),
+        stamp: beacons.stamp,
+        node_table: db.read_node_entry_copies()?,
         heartbeats_first: first,
-        heartbeats: db.read_heartbeats()?,
-        claims: db.read_claims()?,
-        cluster_state: states
-            .iter()
-            .filter_map(|c| c.as_ref().ok().cloned().flatten())
-            .max_by_key(|s| (s.epoch, s.seq)),
-        cluster_state_corrupt: states.iter().filter_map(|c| c.as_ref().err().cloned()).collect(),
+        heartbeats: beacons.heartbeats,
+        claims: db.read_claim_copies()?,
+        cluster_states: db.read_cluster_state_copies()?,
         now_unix_ms: unix_ms(),
     })
 }
@@ -58,42 +56,11 @@ pub fn node_id(db: &MembershipDb, id: u16) -> Result<NodeId, Failure> {
     Ok(node)
 }
 
-/// `2026-11-24T05:01:02.345Z`
-pub fn utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
-}
+pub use membership_db::time::utc;
 
 /// Prints JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(value).map_err(|e| Failure::from(format!("JSON output: {e}")))?;
     println!("{s}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::utc(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
-        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
 }

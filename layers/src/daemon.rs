@@ -1,78 +1,120 @@
 //! The driver: runs a [`MemberCore`] against a real disk, a real clock and the node's
 //! registered subsystems. It performs one action at a time, hands notifications to the
 //! subsystems' queues and their answers back to the core, sleeps until the next deadline, and
-//! keeps the fence watchdog informed of the deadline.
+//! keeps the fence watchdog informed of the deadline. Every loop is bounded: a stop request is
+//! seen within a few milliseconds whatever the core asks for.
 
 use crate::api::Registry;
-use crate::member::{Action, Completion, MemberCore, MemberEvent, MemberExit};
-use membership_db::daemon::{monotonic_ms, perform, unix_ms, FenceWatchdog, POLL_SLEEP_MS_MAX};
+use crate::member::{Action, Completion, MemberCore, MemberEvent, MemberExit, OwnRecords};
+use membership_db::daemon::{perform, FenceWatchdog, POLL_SLEEP_MS_MAX};
 use membership_db::db::MembershipDb;
 use membership_db::error::DbError;
-use membership_db::format::{newest, Millis, NodeId};
+use membership_db::format::{Copies, Millis, NodeId};
 use membership_db::node::{IoFailure, NodeConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use membership_db::time::{monotonic_ms, unix_ms};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Actions performed between two looks at the stop flags and the subsystems' answers.
+pub const ACTIONS_PER_LOOP_MAX: usize = 64;
 
 fn failure(e: DbError) -> IoFailure {
     IoFailure(e.to_string())
 }
 
 /// Performs one action of a [`MemberCore`] against the disk (the simulator runs this too).
-pub fn perform_member(db: &MembershipDb, action: Action) -> Completion {
+/// `wall_ms` stamps the records written, for display.
+pub fn perform_member(db: &MembershipDb, action: Action, wall_ms: u64) -> Completion {
     match action {
-        Action::Node(a) => Completion::Node(perform(db, a)),
-        Action::ReadClusterState => Completion::ClusterState(db.read_cluster_state().map_err(failure)),
+        Action::Node(a) => Completion::Node(perform(db, a, wall_ms)),
+        Action::ReadClusterState(at) => Completion::ClusterState(db.read_cluster_state_at(at).map_err(failure)),
+        Action::ReadAllClusterStates => Completion::AllClusterStates(db.read_cluster_state_copies().map_err(failure)),
+        Action::ReadAllRequests => Completion::AllRequests(db.read_request_copies().map_err(failure)),
+        Action::ReadAllAcks => Completion::AllAcks(db.read_ack_copies().map_err(failure)),
+        Action::ReadRequest { node, seq } => Completion::Request(db.read_request_at(node, seq).map_err(failure)),
+        Action::ReadAcks { node, seq } => Completion::Acks(db.read_ack_at(node, seq).map_err(failure)),
         Action::WriteClusterState(mut s) => {
-            s.written_unix_ms = unix_ms();
+            s.written_unix_ms = wall_ms;
             Completion::Written(db.write_cluster_state(&s).map_err(failure))
         }
-        Action::ReadRequests => Completion::Requests(db.read_requests().map_err(failure)),
-        Action::ReadAcks => Completion::Acks(db.read_acks().map_err(failure)),
         Action::WriteRequest(r) => Completion::Written(db.write_request(&r).map_err(failure)),
         Action::WriteAcks(a) => Completion::Written(db.write_acks(&a).map_err(failure)),
-        Action::ReadNodeTable => Completion::NodeTable(db.read_node_table().map_err(failure)),
     }
 }
 
-/// The sequence numbers of `node`'s newest request and acknowledgement records, so that this
-/// incarnation's first writes go to the other copies.
-pub fn record_seqs(db: &MembershipDb, node: NodeId) -> Result<(u64, u64), DbError> {
-    let requests = db.read_request_copies()?;
-    let acks = db.read_ack_copies()?;
-    let request_seq = newest(&requests[node.index()], |r| r.seq).map_or(1, |r| r.seq);
-    let acks_seq = newest(&acks[node.index()], |r| r.seq).map_or(1, |r| r.seq);
-    Ok((request_seq, acks_seq))
+/// The sequence a node's next write of a double-buffered record should follow: one below it
+/// lands the write on a damaged copy when there is one, never on the only valid copy.
+fn base_seq<T>(copies: &Copies<T>, seq: impl Fn(&T) -> u64, advertised: u64) -> u64 {
+    let mut base = copies.iter().flatten().map(&seq).max().unwrap_or(1).max(advertised);
+    if let Some(damaged) = copies.iter().position(|c| c.is_err()) {
+        if copies.iter().any(|c| c.is_ok()) && (base + 1) % 2 != damaged as u64 {
+            base += 1;
+        }
+    }
+    base
 }
 
-/// Runs the node until it stops, is refused or forced out, or fences itself. `leave` is set by
-/// the signal handler (SIGTERM, SIGINT) and asks for a graceful leave.
+/// What `node`'s own records say before its daemon starts, and the highest incarnation they
+/// show. A damaged record does not stop the daemon: its heartbeat's advertised sequence (or
+/// the other copy) carries on.
+pub fn own_records(db: &MembershipDb, node: NodeId, leave_requests: u64) -> Result<(OwnRecords, u64), DbError> {
+    let requests = db.read_request_copies_of(node)?;
+    let acks = db.read_ack_copies_of(node)?;
+    let hb = db.read_beacons(node)?.heartbeats.pop().and_then(Result::ok);
+    let (adv_request, adv_ack) = hb.as_ref().map_or((0, 0), |h| (h.request_seq, h.ack_seq));
+    let request = requests.iter().flatten().max_by_key(|r| r.seq);
+    let incarnation_floor = requests
+        .iter()
+        .flatten()
+        .map(|r| r.incarnation)
+        .chain(acks.iter().flatten().map(|a| a.incarnation))
+        .max()
+        .unwrap_or(0);
+    let own = OwnRecords {
+        request_seq: base_seq(&requests, |r| r.seq, adv_request),
+        ack_seq: base_seq(&acks, |a| a.seq, adv_ack),
+        // Unknown when the request record is lost: take the table's count as honoured rather
+        // than leave on a request that may be old.
+        leave_requests_seen: request.map_or(leave_requests, |r| r.leave_requests_seen),
+        leave_requests,
+    };
+    Ok((own, incarnation_floor))
+}
+
+/// Runs the node until it stops, is refused or forced out, or fences itself. `stops` counts
+/// the stop requests (SIGTERM, SIGINT): the first asks for a graceful leave, the second for a
+/// stop at once. `prefix` starts the watchdog's fence line, as it starts every log line.
 pub fn run(
     db: &MembershipDb,
     config: NodeConfig,
     registry: &Registry,
-    leave: &AtomicBool,
+    own: OwnRecords,
+    stops: &AtomicUsize,
+    prefix: &str,
     log: &mut dyn FnMut(&MemberEvent),
 ) -> Result<MemberExit, DbError> {
     let check_ms = (config.timing.heartbeat_ms as Millis / 4).clamp(1, 25);
-    let node = config.node;
-    let watchdog = FenceWatchdog::start(
-        check_ms,
-        format!("sdc: node {node} FENCED: no heartbeat write has succeeded for fence-ms; stopping everything"),
-    );
-    let (request_seq, acks_seq) = record_seqs(db, node)?;
-    let mut core = MemberCore::new(config, registry.specs(), request_seq, acks_seq, monotonic_ms());
-    let mut leave_asked = false;
+    let watchdog = FenceWatchdog::start(check_ms, prefix.to_string())
+        .map_err(|e| DbError::InvalidArgument(format!("cannot start the fence watchdog thread: {e}")))?;
+    let mut core = MemberCore::new(config, registry.specs(), own, monotonic_ms());
+    let (mut leave_asked, mut stop_asked) = (false, false);
     loop {
-        if leave.load(Ordering::Acquire) && !leave_asked {
+        let stop_requests = stops.load(Ordering::Acquire);
+        if stop_requests >= 1 && !leave_asked {
             leave_asked = true;
             log(&MemberEvent::LeaveRequested { by_operator: false });
             core.request_leave();
         }
+        if stop_requests >= 2 && !stop_asked {
+            stop_asked = true;
+            core.request_stop_now();
+        }
         while let Some(reply) = registry.try_reply() {
             core.handle_reply(reply.key, reply.nack);
         }
-        while let Some(action) = core.poll_action(monotonic_ms()) {
-            let completion = perform_member(db, action);
+        for _ in 0..ACTIONS_PER_LOOP_MAX {
+            let Some(action) = core.poll_action(monotonic_ms()) else { break };
+            let completion = perform_member(db, action, unix_ms());
             core.handle_completion(monotonic_ms(), completion);
             watchdog.publish(core.fence_deadline());
             // Log what happened before the subsystems act on it, so logs read in order.
@@ -110,7 +152,7 @@ mod tests {
     use super::*;
     use membership_db::daemon::EXIT_FENCED;
     use membership_db::db::FormatParams;
-    use membership_db::format::Timing;
+    use membership_db::format::{NodeSet, TableView, Timing};
     use membership_db::io::{open_disk, Disk, IoMode};
     use std::sync::atomic::AtomicU64;
 
@@ -146,6 +188,21 @@ mod tests {
     }
 
     const CHILD_ENV: &str = "SDC_TEST_HANGING_DISK_CHILD";
+
+    /// Node 1 of a cluster of `n` master-eligible nodes, as `sdc join` configures it.
+    fn test_config(n: u16) -> NodeConfig {
+        NodeConfig {
+            node: NodeId(1),
+            max_nodes: n,
+            timing: TIMING,
+            cluster_uuid: [1; 16],
+            table: TableView { present: NodeSet::all(n), eligible: NodeSet::all(n), unreadable: NodeSet::EMPTY },
+            table_generation: 1,
+            incarnation_floor: 0,
+            pid: std::process::id(),
+            host: "test".into(),
+        }
+    }
     const TIMING: Timing = Timing { heartbeat_ms: 50, dead_ms: 600, fence_ms: 300 };
 
     /// In the child: run a node whose disk hangs after a few seconds of heartbeats.
@@ -167,18 +224,11 @@ mod tests {
             hang_after: 40,
         };
         let db = MembershipDb::open(Box::new(disk)).unwrap();
-        let config = NodeConfig {
-            node: NodeId(1),
-            master_eligible: true,
-            max_nodes: 2,
-            timing: TIMING,
-            eligible_nodes: 0b11,
-            cluster_uuid: [1; 16],
-            pid: std::process::id(),
-            host: "test".into(),
-        };
-        let stop = AtomicBool::new(false);
-        let exit = run(&db, config, &Registry::new(), &stop, &mut |e| eprintln!("child: {e:?}"));
+        let config = test_config(2);
+        let stops = AtomicUsize::new(0);
+        let exit = run(&db, config, &Registry::new(), OwnRecords::default(), &stops, "child", &mut |e| {
+            eprintln!("child: {e:?}")
+        });
         // Unreachable when the watchdog works: the main thread is stuck in write_at.
         eprintln!("child: run returned {exit:?}");
         std::process::exit(99)

@@ -32,6 +32,4 @@ pub mod order {
 }
 
 #[cfg(test)]
-mod harness;
-#[cfg(test)]
 mod scenarios;

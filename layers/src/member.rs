@@ -7,53 +7,83 @@
 //! the node core has had its chance to fence (a node that wakes from a freeze fences before it
 //! writes anything).
 //!
-//! A *membership cycle* reads the cluster state, delivers notifications, and writes the node's
-//! request and acknowledgements; the master also reads every node's requests and
-//! acknowledgements and writes the next cluster state. Cycles run every heartbeat interval,
-//! and four times as often while transitions are in flight.
+//! # The read path
+//!
+//! The membership manager reads nothing on its own schedule: it looks at the heartbeats each
+//! read of the heartbeat region brings (see the FORMAT document in `membership_db::format`).
+//!
+//! * A node reads the cluster state when the master's heartbeat advertises a newer one than it
+//!   holds, and only that copy. It publishes the state it holds in its own heartbeat, and flags
+//!   one it cannot read, so the master writes it again.
+//! * The master reads a node's request or acknowledgement record when that node's heartbeat
+//!   advertises a newer sequence (or a new incarnation), and only that copy; then it runs the
+//!   sequencer and writes the next cluster state, and announces it in its heartbeat at once.
+//! * A new master reads every cluster state copy and every node's records once, to take over.
+//! * A node writes its own records when they change, and announces them at once.
+//!
+//! While transitions are in flight the heartbeat region is read four times per interval, so a
+//! barrier takes a fraction of an interval; an idle node does one write and one read per
+//! interval.
 
 use crate::participant::{Notification, Participant, SelfState};
 use crate::sequencer::{self, NodeLife, SeqEvent};
 use membership_db::error::CorruptRecord;
 use membership_db::format::*;
-use membership_db::node::{self, Exit, IoFailure, NodeConfig, NodeCore};
+use membership_db::node::{self, Advert, Exit, IoFailure, NodeConfig, NodeCore};
 use std::collections::VecDeque;
 
 /// An I/O for the driver. At most one is outstanding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Node(node::Action),
-    ReadClusterState,
+    /// Read the cluster state a heartbeat advertises (one copy, of its length).
+    ReadClusterState(StateRef),
+    /// A new master reads every copy of the cluster state, and every node's records.
+    ReadAllClusterStates,
+    ReadAllRequests,
+    ReadAllAcks,
+    /// The master reads one node's record: the copy of the sequence its heartbeat advertises.
+    ReadRequest {
+        node: NodeId,
+        seq: u64,
+    },
+    ReadAcks {
+        node: NodeId,
+        seq: u64,
+    },
     /// The driver stamps `written_unix_ms`.
     WriteClusterState(ClusterState),
-    ReadRequests,
-    ReadAcks,
     WriteRequest(NodeRequest),
     WriteAcks(AckRecord),
-    ReadNodeTable,
 }
 
 /// The result of the outstanding action.
 #[derive(Debug, Clone)]
 pub enum Completion {
     Node(node::Completion),
-    ClusterState(Result<Option<ClusterState>, IoFailure>),
-    Requests(Result<Vec<Result<NodeRequest, CorruptRecord>>, IoFailure>),
-    Acks(Result<Vec<Result<AckRecord, CorruptRecord>>, IoFailure>),
-    NodeTable(Result<Vec<Result<NodeEntry, CorruptRecord>>, IoFailure>),
+    ClusterState(Result<Result<ClusterState, CorruptRecord>, IoFailure>),
+    AllClusterStates(Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>),
+    AllRequests(Result<Vec<Copies<NodeRequest>>, IoFailure>),
+    AllAcks(Result<Vec<Copies<AckRecord>>, IoFailure>),
+    Request(Result<Result<NodeRequest, CorruptRecord>, IoFailure>),
+    Acks(Result<Result<AckRecord, CorruptRecord>, IoFailure>),
     Written(Result<(), IoFailure>),
 }
 
 /// How the daemon ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberExit {
-    /// As the node core ended: stopped after a completed leave, refused, or fenced.
+    /// As the node core ended: stopped after a completed leave (or with nothing to leave),
+    /// refused, or fenced.
     Node(Exit),
     /// The others forced this node out (it was judged dead, or a subsystem nacked its join):
     /// stop everything, write nothing more.
     ForcedOut(Option<JoinRefusal>),
     /// The join was refused before it started (layer registrations disagree).
     JoinRefused(JoinRefusal),
+    /// Asked to stop, the node stopped (slot marked down) without a graceful leave: no master
+    /// could sequence it in time, or it was asked to stop at once. The others force it out.
+    StoppedWithoutLeave(String),
 }
 
 /// Worth a log line.
@@ -62,119 +92,216 @@ pub enum MemberEvent {
     Node(node::Event),
     Sequenced(SeqEvent),
     SelfState(SelfState),
-    LeaveRequested { by_operator: bool },
+    LeaveRequested {
+        by_operator: bool,
+    },
+    /// A leave was asked for by `sdc leave` while no daemon could honour it (it was down or
+    /// restarting): this daemon honours it instead of joining.
+    PendingLeave {
+        requests: u64,
+    },
+    /// The leave cannot be sequenced; the node stops without it.
+    LeaveAbandoned(String),
+    TookOver {
+        epoch: u64,
+        from: Option<(u64, u64)>,
+    },
+    /// A node could not read the cluster state this master advertises: written again.
+    StateRewritten {
+        seq: u64,
+    },
     IoFailed(String),
     Corrupt(CorruptRecord),
 }
 
 /// Events queued before the oldest are dropped.
 pub const MEMBER_EVENTS_MAX: usize = 1024;
+/// Reads queued by one look at the heartbeats: two records per node at most, plus a state.
+const QUEUE_MAX: usize = 2 * NODES_MAX as usize + 4;
+/// A graceful leave that has not completed in this long is given up (the node stops, and the
+/// others force it out).
+pub const LEAVE_MS_MAX: Millis = 60_000;
+/// A failed membership write is retried after a back-off that starts at a quarter interval and
+/// doubles up to this many intervals.
+const WRITE_RETRY_INTERVALS_MAX: Millis = 8;
+/// Consecutive failed reads of the advertised cluster state before this node flags it.
+const STATE_READ_FAILURES_FLAGGED: u32 = 2;
+/// Own records the cluster has not acted on for this many heartbeat intervals are written
+/// again, with new sequence numbers (a copy damaged at rest, a write the master read torn).
+const REPUBLISH_INTERVALS: Millis = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the node's own records on the disk said when the daemon started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnRecords {
+    /// Sequence numbers of the newest request and acknowledgement records (the next writes go
+    /// to the other copies).
+    pub request_seq: u64,
+    pub ack_seq: u64,
+    /// `sdc leave` requests the previous incarnations honoured.
+    pub leave_requests_seen: u64,
+    /// `sdc leave` requests counted in the node table now.
+    pub leave_requests: u64,
+}
+
+impl OwnRecords {
+    /// A leave asked for while no daemon honoured it.
+    pub fn pending_leave(&self) -> bool {
+        self.leave_requests > self.leave_requests_seen
+    }
+}
+
+/// The I/O in flight, with what it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Node,
-    State,
-    Requests,
-    Acks,
-    WriteState,
-    WriteRequest,
-    WriteAcks,
-    NodeTable,
+    State(StateRef),
+    AllStates,
+    AllRequests,
+    AllAcks,
+    Request(NodeId, u64),
+    Acks(NodeId, u64),
+    WriteState(ClusterState),
+    WriteRequest(NodeRequest),
+    WriteAcks(AckRecord),
+}
+
+/// The master's side: what it has read of every node, by slot index.
+#[derive(Debug, Clone)]
+struct MasterRole {
+    epoch: u64,
+    /// The takeover reads are done: the first state of this epoch may be written.
+    taken_over: bool,
+    requests: Vec<Option<NodeRequest>>,
+    acks: Vec<Option<AckRecord>>,
+    /// The advertised sequence of each node's request and acknowledgement record that could
+    /// not be read: not read again until the node advertises another (it writes its records
+    /// again when the cluster does not act on them).
+    bad_requests: Vec<u64>,
+    bad_acks: Vec<u64>,
+    /// When the state was last written again for a node that could not read it (at most once
+    /// every two intervals: the node needs an interval to read the new copy).
+    rewritten_at: Option<Millis>,
+    /// Write the state again even if it did not change.
+    rewrite: bool,
+    /// An input of the sequencer changed (a look at the heartbeats, a record read or written,
+    /// a failed write to retry): run it at the next chance.
+    dirty: bool,
+}
+
+/// The membership manager of a running node.
+struct Participating {
+    participant: Participant,
+    /// The newest cluster state read or written.
+    held: Option<ClusterState>,
+    master: Option<MasterRole>,
+    /// Reads decided by the last look at the heartbeats, issued in order.
+    queue: VecDeque<(Action, Pending)>,
+    seen_beacon_reads: u64,
+    /// The advertised state that could not be read, and how many times in a row.
+    state_failures: (StateRef, u32),
+    /// After a failed write (own records or, as master, the cluster state), membership writes
+    /// wait until then.
+    write_retry_at: Millis,
+    write_backoff_ms: Millis,
+    /// The `sdc leave` count already acted on.
+    leave_requests_seen: u64,
+    leave_asked_at: Option<Millis>,
+    no_master_since: Option<Millis>,
+    last_self: Option<SelfState>,
+    /// The node core is writing its final heartbeat; then the daemon ends.
+    stopping: bool,
+    refused: Option<JoinRefusal>,
+    abandoned: Option<String>,
+    leave_now: bool,
+    /// Since when our records have been awaited (see [`Participant::awaited`]).
+    awaited_since: Option<Millis>,
+}
+
+enum Phase {
+    /// The node core is probing and acquiring its slot.
+    Starting,
+    Running(Box<Participating>),
+    Done(MemberExit),
 }
 
 pub struct MemberCore {
     node: NodeCore,
-    participant: Option<Participant>,
     layers: Vec<LayerSpec>,
-    request_seq: u64,
-    acks_seq: u64,
+    own: OwnRecords,
+    phase: Phase,
     pending: Option<Pending>,
-    /// Follow-up actions of the membership cycle in progress.
-    queue: VecDeque<(Action, Pending)>,
-    in_cycle: bool,
-    next_cycle_at: Millis,
-    cycles: u64,
-    /// The latest cluster state read or written.
-    state: Option<ClusterState>,
-    /// Sequencing inputs gathered in this cycle (master only).
-    requests: Option<Vec<Result<NodeRequest, CorruptRecord>>>,
     notifications: VecDeque<Notification>,
     events: VecDeque<MemberEvent>,
-    exit: Option<MemberExit>,
-    last_self: Option<SelfState>,
-    leave_requests_seen: Option<u64>,
-    stopping: bool,
-    refused: Option<JoinRefusal>,
-    writing_request: Option<NodeRequest>,
-    writing_acks: Option<AckRecord>,
 }
 
-/// Read the node table for operator leave requests every this many membership cycles.
-const NODE_TABLE_EVERY_CYCLES: u64 = 8;
-
 impl MemberCore {
-    /// `layers` are the subsystems registered on this node; `request_seq` and `acks_seq` the
-    /// sequence numbers of its newest request and acknowledgement records on the disk.
-    pub fn new(config: NodeConfig, layers: Vec<LayerSpec>, request_seq: u64, acks_seq: u64, now: Millis) -> MemberCore {
+    /// `layers` are the subsystems registered on this node; `own` what its records said when
+    /// the daemon started.
+    pub fn new(config: NodeConfig, layers: Vec<LayerSpec>, own: OwnRecords, now: Millis) -> MemberCore {
         MemberCore {
             node: NodeCore::new(config, now),
-            participant: None,
             layers,
-            request_seq,
-            acks_seq,
+            own,
+            phase: Phase::Starting,
             pending: None,
-            queue: VecDeque::new(),
-            in_cycle: false,
-            next_cycle_at: now,
-            cycles: 0,
-            state: None,
-            requests: None,
             notifications: VecDeque::new(),
             events: VecDeque::new(),
-            exit: None,
-            last_self: None,
-            leave_requests_seen: None,
-            stopping: false,
-            refused: None,
-            writing_request: None,
-            writing_acks: None,
         }
     }
+
+    // --- getters ------------------------------------------------------------------------------
 
     pub fn node(&self) -> &NodeCore {
         &self.node
     }
     pub fn exit(&self) -> Option<&MemberExit> {
-        self.exit.as_ref()
+        match &self.phase {
+            Phase::Done(e) => Some(e),
+            _ => None,
+        }
     }
+    /// The newest cluster state this node holds.
     pub fn cluster_state(&self) -> Option<&ClusterState> {
-        self.state.as_ref()
+        match &self.phase {
+            Phase::Running(p) => p.held.as_ref(),
+            _ => None,
+        }
+    }
+    /// Whether a leave has been asked for (and not given up).
+    pub fn wants_leave(&self) -> bool {
+        matches!(&self.phase, Phase::Running(p) if p.participant.wants_leave())
+    }
+    /// The `sdc leave` requests this daemon has seen (in the node table, or at its start).
+    pub fn leave_requests_seen(&self) -> u64 {
+        match &self.phase {
+            Phase::Running(p) => p.leave_requests_seen,
+            _ => self.own.leave_requests_seen.max(self.own.leave_requests),
+        }
     }
     pub fn fence_deadline(&self) -> Option<Millis> {
-        if self.exit.is_some() {
+        if self.exit().is_some() {
             return None;
         }
         self.node.fence_deadline()
     }
+    /// When `poll_action` will next have something to do. (Leave bounds are checked at every
+    /// poll; the driver polls at least every `POLL_SLEEP_MS_MAX`.)
     pub fn next_deadline(&self) -> Millis {
         let t = self.node.next_deadline();
-        if self.node.is_running() {
-            t.min(self.next_cycle_at)
-        } else {
-            t
+        match &self.phase {
+            Phase::Running(p) if !p.queue.is_empty() => 0,
+            Phase::Running(p) if p.participant.has_writes() || p.master.is_some() => t.min(p.write_retry_at),
+            _ => t,
         }
     }
     pub fn poll_notification(&mut self) -> Option<Notification> {
         self.notifications.pop_front()
     }
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
-        if let Some(e) = self.node_event() {
-            return Some(e);
+        if let Some(e) = self.node.poll_event() {
+            return Some(MemberEvent::Node(e));
         }
         self.events.pop_front()
-    }
-    fn node_event(&mut self) -> Option<MemberEvent> {
-        self.node.poll_event().map(MemberEvent::Node)
     }
 
     fn event(&mut self, e: MemberEvent) {
@@ -184,251 +311,633 @@ impl MemberCore {
         self.events.push_back(e);
     }
 
-    /// Graceful leave (SIGTERM, or `sdc leave`): leave through the layers, then stop.
+    // --- commands -----------------------------------------------------------------------------
+
+    /// Graceful leave (SIGTERM, or `sdc leave`): leave through the layers, then stop. A node
+    /// that is not a member stops at once; one whose leave cannot be sequenced (no master for
+    /// two `dead_ms`, or not done within [`LEAVE_MS_MAX`]) stops without it.
     pub fn request_leave(&mut self) {
-        match self.participant.as_mut() {
-            Some(p) if !p.wants_leave() => {
-                p.request_leave();
-                self.next_cycle_at = 0;
-            }
-            Some(_) => {}
+        match &mut self.phase {
+            Phase::Running(p) => p.participant.request_leave(None),
             // Not running yet: nothing to leave.
-            None => self.node.request_stop(),
+            Phase::Starting => self.node.request_stop(),
+            Phase::Done(_) => {}
+        }
+    }
+
+    /// Stop now, without a graceful leave (a second SIGTERM): the slot is marked down and the
+    /// others force this node out.
+    pub fn request_stop_now(&mut self) {
+        match &mut self.phase {
+            Phase::Running(p) => p.leave_now = true,
+            Phase::Starting => self.node.request_stop(),
+            Phase::Done(_) => {}
         }
     }
 
     /// A local subsystem answered a notification.
     pub fn handle_reply(&mut self, key: (u64, Position), nack: bool) {
-        if let Some(p) = self.participant.as_mut() {
-            p.on_reply(key, nack);
+        if let Phase::Running(p) = &mut self.phase {
+            p.participant.on_reply(key, nack);
         }
     }
 
+    // --- the I/O ------------------------------------------------------------------------------
+
     /// The next I/O, if any is due.
     pub fn poll_action(&mut self, now: Millis) -> Option<Action> {
-        if self.exit.is_some() || self.pending.is_some() {
+        if self.exit().is_some() || self.pending.is_some() {
             return None;
         }
         if let Some(a) = self.node.poll_action(now) {
             self.pending = Some(Pending::Node);
             return Some(Action::Node(a));
         }
-        if self.check_node_exit() {
+        if self.check_node_exit() || !self.node.is_running() {
             return None;
         }
-        if !self.node.is_running() || self.stopping {
+        if matches!(self.phase, Phase::Starting) {
+            self.start_participating();
+        }
+        self.check_leave(now);
+        let Phase::Running(p) = &mut self.phase else { return None };
+        if p.stopping {
             return None;
         }
-        if self.participant.is_none() {
-            let p = Participant::new(
-                self.node.node(),
-                self.node.incarnation(),
-                self.layers.clone(),
-                self.request_seq,
-                self.acks_seq,
-            );
-            self.participant = Some(p);
+        if self.node.beacon_reads() != p.seen_beacon_reads {
+            p.seen_beacon_reads = self.node.beacon_reads();
+            self.look(now);
         }
-        if let Some((action, pending)) = self.queue.pop_front() {
-            return self.issue(action, pending);
+        let Phase::Running(p) = &mut self.phase else { return None };
+        if let Some((action, pending)) = p.queue.pop_front() {
+            self.pending = Some(pending);
+            return Some(action);
         }
-        if self.in_cycle {
-            self.in_cycle = false;
-            self.end_cycle(now);
+        if let Some(a) = self.sequence(now) {
+            return Some(a);
         }
-        // The node's own records go to the disk as soon as they change; answers of local
-        // subsystems in particular do not wait for the next cycle.
-        let p = self.participant.as_mut().expect("created above");
-        if let Some(r) = p.request_to_write() {
-            self.writing_request = Some(r.clone());
-            return self.issue(Action::WriteRequest(r), Pending::WriteRequest);
-        }
-        if let Some(a) = p.acks_to_write() {
-            self.writing_acks = Some(a.clone());
-            return self.issue(Action::WriteAcks(a), Pending::WriteAcks);
-        }
-        if now >= self.next_cycle_at {
-            self.in_cycle = true;
-            self.cycles += 1;
-            if self.cycles % NODE_TABLE_EVERY_CYCLES == 1 {
-                self.queue.push_back((Action::ReadClusterState, Pending::State));
-                return self.issue(Action::ReadNodeTable, Pending::NodeTable);
+        self.republish_if_stalled(now);
+        self.write_own_records(now)
+    }
+
+    /// Writes our records again when the cluster has not acted on them for a while: a master
+    /// that cannot read them (a damaged copy) reads the new copy.
+    fn republish_if_stalled(&mut self, now: Millis) {
+        let wait = REPUBLISH_INTERVALS * self.node.config().timing.heartbeat_ms as Millis;
+        let master_visible = self.node.master_visible(now);
+        let Phase::Running(p) = &mut self.phase else { return };
+        let awaited = master_visible && p.held.as_ref().is_some_and(|s| p.participant.awaited(s));
+        match (awaited, p.awaited_since) {
+            (false, _) => p.awaited_since = None,
+            (true, None) => p.awaited_since = Some(now),
+            (true, Some(since)) if now >= since + wait => {
+                p.participant.republish();
+                p.awaited_since = Some(now);
             }
-            return self.issue(Action::ReadClusterState, Pending::State);
+            (true, Some(_)) => {}
         }
-        None
-    }
-
-    /// Takes over the node core's exit; a refused join ends as such once the slot is down.
-    fn check_node_exit(&mut self) -> bool {
-        let Some(exit) = self.node.exit() else { return false };
-        self.exit = Some(match (exit, self.refused) {
-            (Exit::Stopped, Some(r)) => MemberExit::JoinRefused(r),
-            (exit, _) => MemberExit::Node(exit.clone()),
-        });
-        true
-    }
-
-    fn issue(&mut self, action: Action, pending: Pending) -> Option<Action> {
-        self.pending = Some(pending);
-        Some(action)
-    }
-
-    fn end_cycle(&mut self, now: Millis) {
-        let busy = self.state.as_ref().is_some_and(|s| !s.transitions.is_empty());
-        let hb = self.node.config().timing.heartbeat_ms as Millis;
-        self.next_cycle_at = now + if busy { (hb / 4).max(1) } else { hb };
     }
 
     /// Hands back the result of the outstanding action.
     pub fn handle_completion(&mut self, now: Millis, completion: Completion) {
         let pending = self.pending.take().expect("a completion without an outstanding action");
+        if let (Pending::Node, Completion::Node(c)) = (&pending, &completion) {
+            self.node.handle_completion(now, c.clone());
+            self.check_node_exit();
+            return;
+        }
+        let Phase::Running(p) = &mut self.phase else { return };
         match (pending, completion) {
-            (Pending::Node, Completion::Node(c)) => {
-                self.node.handle_completion(now, c);
-                self.check_node_exit();
-            }
-            (Pending::State, Completion::ClusterState(r)) => match r {
-                Ok(state) => self.on_state(state),
-                Err(e) => self.io_failed(e),
+            (Pending::State(at), Completion::ClusterState(r)) => self.on_state(at, r),
+            (Pending::AllStates, Completion::AllClusterStates(r)) => self.on_all_states(r),
+            (Pending::AllRequests, Completion::AllRequests(r)) => match r {
+                Ok(copies) => {
+                    let records = self.newest_of(&copies, |r| r.seq);
+                    if let Some(m) = self.master_mut() {
+                        m.requests = records;
+                    }
+                }
+                Err(e) => self.takeover_failed(e),
             },
-            (Pending::Requests, Completion::Requests(r)) => match r {
-                Ok(requests) => {
-                    self.requests = Some(requests);
-                    self.queue.push_back((Action::ReadAcks, Pending::Acks));
+            (Pending::AllAcks, Completion::AllAcks(r)) => match r {
+                Ok(copies) => {
+                    let records = self.newest_of(&copies, |r| r.seq);
+                    if let Some(m) = self.master_mut() {
+                        m.acks = records;
+                        m.taken_over = true;
+                    }
+                }
+                Err(e) => self.takeover_failed(e),
+            },
+            (Pending::Request(n, seq), Completion::Request(r)) => match r {
+                Ok(Ok(record)) => {
+                    if let Some(m) = self.master_mut() {
+                        m.requests[n.index()] = Some(record);
+                        m.dirty = true;
+                    }
+                }
+                Ok(Err(c)) => {
+                    if let Some(m) = self.master_mut() {
+                        m.bad_requests[n.index()] = seq;
+                    }
+                    self.event(MemberEvent::Corrupt(c));
                 }
                 Err(e) => self.io_failed(e),
             },
-            (Pending::Acks, Completion::Acks(r)) => match r {
-                Ok(acks) => self.sequence(now, acks),
+            (Pending::Acks(n, seq), Completion::Acks(r)) => match r {
+                Ok(Ok(record)) => {
+                    if let Some(m) = self.master_mut() {
+                        m.acks[n.index()] = Some(record);
+                        m.dirty = true;
+                    }
+                }
+                Ok(Err(c)) => {
+                    if let Some(m) = self.master_mut() {
+                        m.bad_acks[n.index()] = seq;
+                    }
+                    self.event(MemberEvent::Corrupt(c));
+                }
                 Err(e) => self.io_failed(e),
             },
-            (Pending::NodeTable, Completion::NodeTable(r)) => match r {
-                Ok(table) => self.on_node_table(&table),
-                Err(e) => self.io_failed(e),
-            },
-            (Pending::WriteState, Completion::Written(r)) => {
-                if let Err(e) = r {
-                    self.io_failed(e);
-                } else if let Some(state) = self.state.clone() {
-                    // The master's own participant works from what it just wrote.
+            (Pending::WriteState(state), Completion::Written(r)) => match r {
+                Ok(()) => {
+                    self.participating().write_backoff_ms = 0;
+                    if let Some(m) = self.master_mut() {
+                        m.rewrite = false;
+                    }
+                    self.hold(&state);
+                    self.node.announce();
                     self.participate(&state);
                 }
-            }
-            (Pending::WriteRequest, Completion::Written(r)) => {
-                let record = self.writing_request.take().expect("request in flight");
-                match r {
-                    Ok(()) => self.participant.as_mut().expect("participant").request_written(record),
-                    Err(e) => self.io_failed(e),
+                Err(e) => self.write_failed(now, e),
+            },
+            (Pending::WriteRequest(record), Completion::Written(r)) => match r {
+                Ok(()) => {
+                    p.write_backoff_ms = 0;
+                    p.participant.request_written(record.clone());
+                    if let Some(m) = self.master_mut() {
+                        m.requests[record.node.index()] = Some(record.clone());
+                        m.dirty = true;
+                    }
+                    self.advertise();
+                    self.node.announce();
                 }
-            }
-            (Pending::WriteAcks, Completion::Written(r)) => {
-                let record = self.writing_acks.take().expect("acks in flight");
-                match r {
-                    Ok(()) => self.participant.as_mut().expect("participant").acks_written(record),
-                    Err(e) => self.io_failed(e),
+                Err(e) => self.write_failed(now, e),
+            },
+            (Pending::WriteAcks(record), Completion::Written(r)) => match r {
+                Ok(()) => {
+                    p.write_backoff_ms = 0;
+                    p.participant.acks_written(record.clone());
+                    if let Some(m) = self.master_mut() {
+                        m.acks[record.node.index()] = Some(record.clone());
+                        m.dirty = true;
+                    }
+                    self.advertise();
+                    self.node.announce();
                 }
-            }
+                Err(e) => self.write_failed(now, e),
+            },
             (pending, completion) => panic!("completion {completion:?} does not answer {pending:?}"),
         }
+        self.update_fast_poll(now);
+    }
+
+    // --- internals ----------------------------------------------------------------------------
+
+    fn participating(&mut self) -> &mut Participating {
+        match &mut self.phase {
+            Phase::Running(p) => p,
+            _ => unreachable!("participating"),
+        }
+    }
+
+    fn master_mut(&mut self) -> Option<&mut MasterRole> {
+        match &mut self.phase {
+            Phase::Running(p) => p.master.as_mut(),
+            _ => None,
+        }
+    }
+
+    fn newest_of<T: Clone>(&mut self, copies: &[Copies<T>], seq: impl Fn(&T) -> u64) -> Vec<Option<T>> {
+        copies
+            .iter()
+            .map(|c| match newest_noting(c, &seq) {
+                Ok(n) => Some(n.record),
+                Err(bad) => {
+                    self.event(MemberEvent::Corrupt(bad));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn start_participating(&mut self) {
+        let node = self.node.node();
+        let incarnation = self.node.incarnation();
+        let mut participant = Participant::new(
+            node,
+            incarnation,
+            self.layers.clone(),
+            self.own.request_seq,
+            self.own.ack_seq,
+            self.own.leave_requests_seen,
+        );
+        let pending_leave = self.own.pending_leave();
+        if pending_leave {
+            participant.request_leave(Some(self.own.leave_requests));
+        }
+        self.phase = Phase::Running(Box::new(Participating {
+            participant,
+            held: None,
+            master: None,
+            queue: VecDeque::new(),
+            seen_beacon_reads: 0,
+            state_failures: (StateRef::NONE, 0),
+            write_retry_at: 0,
+            write_backoff_ms: 0,
+            leave_requests_seen: self.own.leave_requests,
+            leave_asked_at: None,
+            no_master_since: None,
+            last_self: None,
+            stopping: false,
+            refused: None,
+            abandoned: None,
+            leave_now: false,
+            awaited_since: None,
+        }));
+        if pending_leave {
+            self.event(MemberEvent::PendingLeave { requests: self.own.leave_requests });
+        }
+        self.advertise();
+    }
+
+    /// Takes over the node core's exit.
+    fn check_node_exit(&mut self) -> bool {
+        let Some(exit) = self.node.exit() else { return false };
+        if matches!(self.phase, Phase::Done(_)) {
+            return true;
+        }
+        let exit = match (&self.phase, exit) {
+            (Phase::Running(p), Exit::Stopped) => match (&p.refused, &p.abandoned) {
+                (Some(r), _) => MemberExit::JoinRefused(*r),
+                (None, Some(why)) => MemberExit::StoppedWithoutLeave(why.clone()),
+                (None, None) => MemberExit::Node(Exit::Stopped),
+            },
+            (_, exit) => MemberExit::Node(exit.clone()),
+        };
+        self.phase = Phase::Done(exit);
+        true
     }
 
     fn io_failed(&mut self, e: IoFailure) {
-        // The cycle is abandoned; the next one starts over. The node core fences if the disk
-        // stays lost.
-        self.queue.clear();
-        self.requests = None;
         self.event(MemberEvent::IoFailed(e.0));
     }
 
-    fn on_node_table(&mut self, table: &[Result<NodeEntry, CorruptRecord>]) {
-        let Some(Ok(entry)) = table.get(self.node.node().index()) else { return };
-        match self.leave_requests_seen {
-            None => self.leave_requests_seen = Some(entry.leave_requests),
-            Some(seen) if entry.leave_requests > seen => {
-                self.leave_requests_seen = Some(entry.leave_requests);
-                self.event(MemberEvent::LeaveRequested { by_operator: true });
-                self.request_leave();
-            }
-            Some(_) => {}
+    fn takeover_failed(&mut self, e: IoFailure) {
+        // Taken over again from the start at the next look.
+        if let Phase::Running(p) = &mut self.phase {
+            p.master = None;
+            p.queue.clear();
         }
+        self.io_failed(e);
     }
 
-    fn on_state(&mut self, state: Option<ClusterState>) {
-        if let Some(s) = &state {
-            self.state = Some(s.clone());
+    /// A membership write failed (our own request or acknowledgements, or as master the
+    /// cluster state): retried after a back-off, so a node whose record region fails while its
+    /// heartbeats succeed neither spins nor stops answering a stop request (it fences if the
+    /// heartbeats fail too).
+    fn write_failed(&mut self, now: Millis, e: IoFailure) {
+        let quarter = (self.node.config().timing.heartbeat_ms as Millis / 4).max(1);
+        let max = WRITE_RETRY_INTERVALS_MAX * self.node.config().timing.heartbeat_ms as Millis;
+        let p = self.participating();
+        p.write_backoff_ms = (p.write_backoff_ms * 2).clamp(quarter, max);
+        p.write_retry_at = now + p.write_backoff_ms;
+        if let Some(m) = p.master.as_mut() {
+            m.dirty = true;
         }
-        if let Some(epoch) = self.node.master_epoch() {
-            // The master gathers the nodes' records, then sequences.
-            if self.state.as_ref().is_none_or(|s| s.epoch < epoch) {
-                let max_nodes = self.node.config().max_nodes;
-                let mut base =
-                    self.state.clone().unwrap_or_else(|| ClusterState::new(max_nodes, epoch, self.node.node(), 0));
-                base.epoch = epoch;
-                base.seq = 0;
-                base.master = self.node.node();
-                base.master_incarnation = self.node.incarnation();
-                self.state = Some(base);
+        self.io_failed(e);
+    }
+
+    /// What the heartbeat publishes: the state held, the sequences of our records, and whether
+    /// the master's state is unreadable here.
+    fn advertise(&mut self) {
+        let Phase::Running(p) = &self.phase else { return };
+        let advert = Advert {
+            cluster_state: p.held.as_ref().map_or(StateRef::NONE, StateRef::of),
+            request_seq: p.participant.request_seq(),
+            ack_seq: p.participant.acks_seq(),
+            state_unreadable: p.state_failures.1 >= STATE_READ_FAILURES_FLAGGED,
+        };
+        self.node.set_advert(advert);
+    }
+
+    fn hold(&mut self, state: &ClusterState) {
+        self.node.note_acting_master(state.master, state.epoch);
+        let members =
+            NodeId::all(state.max_nodes()).filter(|n| state.member(*n).state != MemberState::Inactive).collect();
+        self.node.set_watched(members);
+        let p = self.participating();
+        if p.held.as_ref().is_none_or(|h| (state.epoch, state.seq) >= (h.epoch, h.seq)) {
+            p.held = Some(state.clone());
+        }
+        self.advertise();
+    }
+
+    fn update_fast_poll(&mut self, now: Millis) {
+        let busy = match &self.phase {
+            Phase::Running(p) => p.held.as_ref().is_some_and(|s| !s.transitions.is_empty()),
+            _ => false,
+        };
+        self.node.set_fast_poll(now, busy);
+    }
+
+    /// Looks at a new read of the heartbeats: what to read now.
+    fn look(&mut self, now: Millis) {
+        match self.node.master_epoch() {
+            Some(epoch) => self.look_as_master(now, epoch),
+            None => {
+                self.participating().master = None;
+                self.follow_master();
             }
-            self.queue.push_back((Action::ReadRequests, Pending::Requests));
+        }
+        self.update_fast_poll(now);
+    }
+
+    /// A follower reads the state its master advertises when it is newer than the one held.
+    fn follow_master(&mut self) {
+        let Some((_, master)) = self.node.known_master() else { return };
+        let Some(hb) = self.node.heartbeat(master.node) else { return };
+        if hb.incarnation != master.incarnation || hb.cluster_state.is_none() {
             return;
         }
-        if let Some(s) = state {
-            self.participate(&s);
+        let at = hb.cluster_state;
+        let p = self.participating();
+        let held = p.held.as_ref().map_or((0, 0), |s| (s.epoch, s.seq));
+        if at.key() > held && p.queue.is_empty() {
+            p.queue.push_back((Action::ReadClusterState(at), Pending::State(at)));
         }
     }
 
-    fn sequence(&mut self, now: Millis, acks: Vec<Result<AckRecord, CorruptRecord>>) {
-        let Some(requests) = self.requests.take() else { return };
-        let Some(current) = self.state.clone() else { return };
-        let life: Vec<NodeLife> = NodeId::all(current.members.len() as u16)
-            .map(|n| NodeLife { running: self.node.running_incarnation(now, n) })
+    fn on_state(&mut self, at: StateRef, r: Result<Result<ClusterState, CorruptRecord>, IoFailure>) {
+        match r {
+            Ok(Ok(state)) => {
+                self.participating().state_failures = (StateRef::NONE, 0);
+                self.hold(&state);
+                self.participate(&state);
+            }
+            Ok(Err(bad)) => {
+                let p = self.participating();
+                p.state_failures = if p.state_failures.0 == at { (at, p.state_failures.1 + 1) } else { (at, 1) };
+                if p.state_failures.1 == STATE_READ_FAILURES_FLAGGED {
+                    self.event(MemberEvent::Corrupt(bad));
+                    self.advertise();
+                    self.node.announce();
+                }
+            }
+            Err(e) => self.io_failed(e),
+        }
+    }
+
+    fn look_as_master(&mut self, now: Millis, epoch: u64) {
+        let me = self.node.node();
+        let max_nodes = self.node.config().max_nodes as usize;
+        let hb_ms = self.node.config().timing.heartbeat_ms as Millis;
+        let p = self.participating();
+        if p.master.as_ref().is_none_or(|m| m.epoch != epoch) {
+            // Just became master: read every copy and every node's records, once.
+            p.master = Some(MasterRole {
+                epoch,
+                taken_over: false,
+                requests: vec![None; max_nodes],
+                acks: vec![None; max_nodes],
+                bad_requests: vec![0; max_nodes],
+                bad_acks: vec![0; max_nodes],
+                rewritten_at: None,
+                rewrite: false,
+                dirty: true,
+            });
+            p.queue.clear();
+            p.queue.push_back((Action::ReadAllClusterStates, Pending::AllStates));
+            p.queue.push_back((Action::ReadAllRequests, Pending::AllRequests));
+            p.queue.push_back((Action::ReadAllAcks, Pending::AllAcks));
+            return;
+        }
+        if !p.queue.is_empty() {
+            return;
+        }
+        let Phase::Running(p) = &self.phase else { return };
+        let mut reads = Vec::new();
+        let mut flagged = false;
+        let held = p.held.as_ref().map(StateRef::of);
+        let m = p.master.as_ref().expect("checked above");
+        for node in NodeId::all(max_nodes as u16) {
+            if node == me {
+                continue;
+            }
+            let Some(hb) = self.node.heartbeat(node) else { continue };
+            if hb.state != HeartbeatState::Up || self.node.liveness(now, node).is_gone() {
+                continue;
+            }
+            let stale = m.requests[node.index()]
+                .as_ref()
+                .is_none_or(|r| r.incarnation != hb.incarnation || r.seq < hb.request_seq);
+            if stale && hb.request_seq > 0 && m.bad_requests[node.index()] != hb.request_seq {
+                reads.push((Action::ReadRequest { node, seq: hb.request_seq }, Pending::Request(node, hb.request_seq)));
+            }
+            let stale =
+                m.acks[node.index()].as_ref().is_none_or(|a| a.incarnation != hb.incarnation || a.seq < hb.ack_seq);
+            if stale && hb.ack_seq > 0 && m.bad_acks[node.index()] != hb.ack_seq {
+                reads.push((Action::ReadAcks { node, seq: hb.ack_seq }, Pending::Acks(node, hb.ack_seq)));
+            }
+            if hb.flags & heartbeat_flags::STATE_UNREADABLE != 0
+                && held.is_some_and(|h| h.key() > hb.cluster_state.key())
+            {
+                flagged = true;
+            }
+        }
+        let p = self.participating();
+        assert!(reads.len() <= QUEUE_MAX, "reads of one look are bounded");
+        p.queue.extend(reads);
+        let m = p.master.as_mut().expect("checked above");
+        m.dirty = true;
+        if flagged && m.rewritten_at.is_none_or(|t| now >= t + 2 * hb_ms) {
+            m.rewritten_at = Some(now);
+            m.rewrite = true;
+        }
+    }
+
+    fn on_all_states(&mut self, r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>) {
+        let copies = match r {
+            Ok(c) => c,
+            Err(e) => return self.takeover_failed(e),
+        };
+        for bad in copies.iter().filter_map(|c| c.as_ref().err()) {
+            self.event(MemberEvent::Corrupt(bad.clone()));
+        }
+        let newest = copies.into_iter().filter_map(|c| c.ok().flatten()).max_by_key(|s| (s.epoch, s.seq));
+        let me = self.node.node();
+        let incarnation = self.node.incarnation();
+        let max_nodes = self.node.config().max_nodes;
+        let p = self.participating();
+        let Some(m) = p.master.as_ref() else { return };
+        let epoch = m.epoch;
+        // What we hold as a follower may be newer than any readable copy (damaged copies).
+        let base = match (newest, p.held.clone()) {
+            (Some(a), Some(b)) => Some(if (b.epoch, b.seq) > (a.epoch, a.seq) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let from = base.as_ref().map(|s| (s.epoch, s.seq));
+        let mut state = base.unwrap_or_else(|| ClusterState::new(max_nodes, epoch, me, incarnation));
+        state.epoch = epoch;
+        state.seq = 0;
+        state.master = me;
+        state.master_incarnation = incarnation;
+        // Transition ids of this epoch start above every earlier epoch's, even those of a
+        // newer state that could not be read.
+        state.next_transition_id = state.next_transition_id.max(epoch << 32);
+        p.held = Some(state);
+        self.event(MemberEvent::TookOver { epoch, from });
+    }
+
+    /// The master runs the sequencer once its reads are done, and writes a changed state.
+    fn sequence(&mut self, now: Millis) -> Option<Action> {
+        let max_nodes = self.node.config().max_nodes;
+        let acting = self.node.master_epoch();
+        let Phase::Running(p) = &self.phase else { return None };
+        let m = p.master.as_ref()?;
+        let ready = m.taken_over && p.queue.is_empty() && acting == Some(m.epoch) && now >= p.write_retry_at;
+        if !ready || !(m.dirty || m.rewrite) {
+            return None;
+        }
+        let current = p.held.clone()?;
+        let life: Vec<NodeLife> = NodeId::all(max_nodes)
+            .map(|n| NodeLife {
+                running: self.node.running_incarnation(now, n),
+                stopped: self.node.stopped_incarnation(now, n),
+            })
             .collect();
-        let inputs = sequencer::Inputs { requests: &requests, acks: &acks, life: &life };
+        let inputs = sequencer::Inputs { requests: &m.requests, acks: &m.acks, life: &life };
         let (mut next, events) = sequencer::advance(&current, &inputs);
+        let changed = next != current || current.seq == 0;
+        let rewrite = m.rewrite;
+        if let Some(m) = self.master_mut() {
+            // Runs again after a failed write (`write_failed` marks it), or on new inputs.
+            m.dirty = false;
+        }
         for e in events {
             self.event(MemberEvent::Sequenced(e));
         }
-        if next != current || current.seq == 0 {
-            next.seq = current.seq + 1;
-            self.state = Some(next.clone());
-            self.queue.push_back((Action::WriteClusterState(next), Pending::WriteState));
-        } else {
-            self.participate(&current);
+        if !changed && !rewrite {
+            return None;
         }
+        next.seq = current.seq + 1;
+        if !changed {
+            self.event(MemberEvent::StateRewritten { seq: next.seq });
+        }
+        self.pending = Some(Pending::WriteState(next.clone()));
+        Some(Action::WriteClusterState(next))
+    }
+
+    /// Writes our own request and acknowledgements when they changed (after a back-off when a
+    /// write failed).
+    fn write_own_records(&mut self, now: Millis) -> Option<Action> {
+        let Phase::Running(p) = &mut self.phase else { return None };
+        if now < p.write_retry_at {
+            return None;
+        }
+        if let Some(r) = p.participant.request_to_write() {
+            self.pending = Some(Pending::WriteRequest(r.clone()));
+            return Some(Action::WriteRequest(r));
+        }
+        if let Some(a) = p.participant.acks_to_write() {
+            self.pending = Some(Pending::WriteAcks(a.clone()));
+            return Some(Action::WriteAcks(a));
+        }
+        None
+    }
+
+    /// Leaves asked for by `sdc leave` (the node table), and the bounds of a leave.
+    fn check_leave(&mut self, now: Millis) {
+        let table_leaves = self.node.leave_requests();
+        let master_visible = self.node.master_visible(now);
+        let dead_ms = self.node.config().timing.dead_ms as Millis;
+        let Phase::Running(p) = &mut self.phase else { return };
+        if p.stopping {
+            return;
+        }
+        if let Some(n) = table_leaves.filter(|n| *n > p.leave_requests_seen) {
+            p.leave_requests_seen = n;
+            p.participant.request_leave(Some(n));
+            self.event(MemberEvent::LeaveRequested { by_operator: true });
+        }
+        let p = self.participating();
+        if p.leave_now {
+            return self.abandon("asked to stop at once".into());
+        }
+        if !p.participant.wants_leave() {
+            return;
+        }
+        let asked = *p.leave_asked_at.get_or_insert(now);
+        p.no_master_since = if master_visible { None } else { Some(p.no_master_since.unwrap_or(now)) };
+        let member = p.held.as_ref().map(|s| p.participant.self_state(s));
+        match member {
+            // Not a member (or nothing known of the cluster): nothing to leave. The request
+            // record says first which `sdc leave` requests are honoured (so that the next
+            // daemon does not honour them again), unless it cannot be written for long.
+            None | Some(SelfState::Waiting) => {
+                if p.participant.request_to_write().is_none() || now >= asked + dead_ms {
+                    self.stop();
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(since) = p.no_master_since.filter(|s| now >= s + 2 * dead_ms) {
+            return self.abandon(format!("no master has been visible for {} ms to sequence the leave", now - since));
+        }
+        if now >= asked + LEAVE_MS_MAX {
+            self.abandon(format!("the leave has not completed within {} s", LEAVE_MS_MAX / 1000));
+        }
+    }
+
+    fn abandon(&mut self, why: String) {
+        self.event(MemberEvent::LeaveAbandoned(why.clone()));
+        self.participating().abandoned = Some(why);
+        self.stop();
     }
 
     /// This node's side of a cluster state: notifications, own fate, own records.
     fn participate(&mut self, state: &ClusterState) {
-        let Some(p) = self.participant.as_mut() else { return };
-        let notifications = p.on_state(state);
-        let me = p.self_state(state);
-        let wants_leave = p.wants_leave();
+        let Phase::Running(p) = &mut self.phase else { return };
+        let notifications = p.participant.on_state(state);
+        let me = p.participant.self_state(state);
         self.notifications.extend(notifications);
-        if self.last_self != Some(me) {
-            self.last_self = Some(me);
+        let p = self.participating();
+        if p.last_self != Some(me) {
+            p.last_self = Some(me);
             self.event(MemberEvent::SelfState(me));
         }
         match me {
             SelfState::ForcedOut(refusal) => {
-                self.queue.clear();
-                self.exit = Some(MemberExit::ForcedOut(refusal));
+                let p = self.participating();
+                p.queue.clear();
+                self.phase = Phase::Done(MemberExit::ForcedOut(refusal));
             }
             SelfState::Refused(r) => {
-                self.queue.clear();
-                self.refused = Some(r);
+                self.participating().refused = Some(r);
                 self.stop();
             }
-            // Left, or asked to leave before the join began: nothing (more) to leave.
+            // Left: nothing more to leave. (Asked to leave before the join began: the leave
+            // bounds stop it, once its request record is written.)
             SelfState::Left => self.stop(),
-            SelfState::Waiting if wants_leave => self.stop(),
             _ => {}
         }
     }
 
     fn stop(&mut self) {
-        self.queue.clear();
-        self.stopping = true;
+        let p = self.participating();
+        p.queue.clear();
+        p.stopping = true;
         self.node.request_stop();
     }
 }
@@ -504,6 +1013,22 @@ impl std::fmt::Display for MemberEvent {
                 SelfState::ForcedOut(_) => write!(f, "FORCED OUT by the other nodes"),
             },
             MemberEvent::LeaveRequested { by_operator: true } => write!(f, "leave requested (sdc leave)"),
+            MemberEvent::PendingLeave { requests } => write!(
+                f,
+                "sdc leave was asked while no daemon ran here (request {requests}): leaving instead of joining"
+            ),
+            MemberEvent::LeaveAbandoned(why) => {
+                write!(f, "stopping WITHOUT a graceful leave: {why}; the others force this node out")
+            }
+            MemberEvent::TookOver { epoch, from: Some((e, s)) } => {
+                write!(f, "master: epoch {epoch} carries on from the cluster state of epoch {e} sequence {s}")
+            }
+            MemberEvent::TookOver { epoch, from: None } => {
+                write!(f, "master: epoch {epoch} starts the cluster state (none was written before)")
+            }
+            MemberEvent::StateRewritten { seq } => {
+                write!(f, "master: a node cannot read the cluster state; wrote it again (sequence {seq})")
+            }
             MemberEvent::LeaveRequested { by_operator: false } => write!(f, "leave requested (signal)"),
             MemberEvent::IoFailed(e) => write!(f, "{e}"),
             MemberEvent::Corrupt(c) => write!(f, "{c}; not used"),

@@ -9,8 +9,9 @@
 //! does not run here. An acknowledgement is written to the disk before the master can see it,
 //! so "acknowledged" always means "on the disk".
 
+use crate::steps;
 use membership_db::format::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A transition notification for one local subsystem (seed 004, Table 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub enum SelfState {
 /// Bound on notifications remembered as delivered: one per position of each transition in
 /// flight is enough; older ones are pruned with their transitions.
 const DELIVERED_MAX: usize = NODES_MAX as usize * LAYERS_MAX * BARRIERS_MAX as usize;
+/// Finished transitions remembered: a few cluster lifetimes of every node joining and leaving.
+const FINISHED_MAX: usize = 4 * NODES_MAX as usize;
 
 pub struct Participant {
     me: NodeId,
@@ -65,14 +68,30 @@ pub struct Participant {
     acked: Vec<Ack>,
     acks_written: Option<Vec<Ack>>,
     delivered: BTreeSet<(u64, Position)>,
+    /// Transitions no longer in flight, with the last position delivered here: should one come
+    /// back (a new master that could read only an older cluster state), its positions up to
+    /// that one are acknowledged without notifying the layers again.
+    finished: VecDeque<(u64, Position)>,
+    /// The last position delivered of each transition in flight.
+    last_delivered: BTreeMap<u64, Position>,
     /// Whether this incarnation has been a member (joining or joined) yet.
     was_member: bool,
+    /// The `sdc leave` requests honoured, as the request record says.
+    leave_requests_seen: u64,
 }
 
 impl Participant {
     /// `request_seq` and `acks_seq` are the sequence numbers of this node's newest records on
-    /// the disk (the next writes go to the other copies).
-    pub fn new(me: NodeId, incarnation: u64, layers: Vec<LayerSpec>, request_seq: u64, acks_seq: u64) -> Participant {
+    /// the disk (the next writes go to the other copies); `leave_requests_seen` the count of
+    /// `sdc leave` requests honoured so far.
+    pub fn new(
+        me: NodeId,
+        incarnation: u64,
+        layers: Vec<LayerSpec>,
+        request_seq: u64,
+        acks_seq: u64,
+        leave_requests_seen: u64,
+    ) -> Participant {
         Participant {
             me,
             incarnation,
@@ -84,7 +103,10 @@ impl Participant {
             acked: Vec::new(),
             acks_written: None,
             delivered: BTreeSet::new(),
+            finished: VecDeque::new(),
+            last_delivered: BTreeMap::new(),
             was_member: false,
+            leave_requests_seen,
         }
     }
 
@@ -92,9 +114,13 @@ impl Participant {
         &self.layers
     }
 
-    /// Asks for a graceful leave.
-    pub fn request_leave(&mut self) {
+    /// Asks for a graceful leave; `leave_requests` is the `sdc leave` count it honours, if it
+    /// comes from one (recorded, so that a restarted daemon does not honour it twice).
+    pub fn request_leave(&mut self, leave_requests: Option<u64>) {
         self.want = Want::Leave;
+        if let Some(n) = leave_requests {
+            self.leave_requests_seen = self.leave_requests_seen.max(n);
+        }
     }
 
     pub fn wants_leave(&self) -> bool {
@@ -103,9 +129,9 @@ impl Participant {
 
     /// The request record to write, when it differs from the last one written.
     pub fn request_to_write(&mut self) -> Option<NodeRequest> {
-        let current = (self.incarnation, self.want, &self.layers);
+        let current = (self.incarnation, self.want, &self.layers, self.leave_requests_seen);
         if let Some(w) = &self.request_written {
-            if (w.incarnation, w.want, &w.layers) == current {
+            if (w.incarnation, w.want, &w.layers, w.leave_requests_seen) == current {
                 return None;
             }
         }
@@ -115,7 +141,53 @@ impl Participant {
             incarnation: self.incarnation,
             want: self.want,
             layers: self.layers.clone(),
+            leave_requests_seen: self.leave_requests_seen,
         })
+    }
+
+    /// The position of transition `id` this node has acknowledged, if any.
+    pub fn acked(&self, id: u64) -> Option<Position> {
+        self.acked.iter().find(|a| a.transition == id).map(|a| a.position)
+    }
+
+    /// Writes both records again (with new sequence numbers) at the next chance: the master
+    /// has not acted on them for a while (a damaged copy, a lost write).
+    pub fn republish(&mut self) {
+        self.request_written = None;
+        self.acks_written = None;
+    }
+
+    /// Whether the cluster should be acting on our records: a transition waits at a position
+    /// we acknowledged, or our join or leave has not begun.
+    pub fn awaited(&self, state: &ClusterState) -> bool {
+        let acked_in_flight =
+            state.transitions.iter().any(|t| t.participants.contains(self.me) && self.acked(t.id) == Some(t.position));
+        let m = state.member(self.me);
+        let ours = m.incarnation == self.incarnation;
+        let join_waiting = self.want == Want::Join && !(ours && m.state.is_member());
+        let leave_waiting = self.want == Want::Leave
+            && ours
+            && m.state == MemberState::Joined
+            && state.transition_of(self.me).is_none();
+        acked_in_flight || join_waiting || leave_waiting
+    }
+
+    /// The sequence numbers of the newest records on the disk.
+    pub fn request_seq(&self) -> u64 {
+        self.request_seq
+    }
+    pub fn acks_seq(&self) -> u64 {
+        self.acks_seq
+    }
+
+    /// Whether a record differs from the one on the disk.
+    pub fn has_writes(&self) -> bool {
+        let req = (self.incarnation, self.want, &self.layers, self.leave_requests_seen);
+        let request_differs = self
+            .request_written
+            .as_ref()
+            .is_none_or(|w| (w.incarnation, w.want, &w.layers, w.leave_requests_seen) != req);
+        request_differs || self.acks_written.as_ref() != Some(&self.acked)
     }
 
     pub fn request_written(&mut self, r: NodeRequest) {
@@ -159,6 +231,16 @@ impl Participant {
     pub fn on_state(&mut self, state: &ClusterState) -> Vec<Notification> {
         let in_flight: BTreeSet<u64> = state.transitions.iter().map(|t| t.id).collect();
         self.acked.retain(|a| in_flight.contains(&a.transition));
+        let gone: Vec<(u64, Position)> =
+            self.last_delivered.iter().filter(|(t, _)| !in_flight.contains(t)).map(|(t, p)| (*t, *p)).collect();
+        for (t, p) in gone {
+            self.last_delivered.remove(&t);
+            self.finished.retain(|(id, _)| *id != t);
+            if self.finished.len() >= FINISHED_MAX {
+                self.finished.pop_front();
+            }
+            self.finished.push_back((t, p));
+        }
         self.delivered.retain(|(t, _)| in_flight.contains(t));
         let view: Vec<(NodeId, MemberState)> = NodeId::all(state.members.len() as u16)
             .map(|n| (n, state.member(n).state))
@@ -166,15 +248,27 @@ impl Participant {
             .collect();
         let mut out = Vec::new();
         for t in &state.transitions {
-            if t.participants & (1u128 << self.me.index()) == 0 {
+            if !t.participants.contains(self.me) {
                 continue;
             }
             let key = (t.id, t.position);
             if self.delivered.contains(&key) {
                 continue;
             }
+            if let Some(&(_, last)) = self.finished.iter().find(|(id, _)| *id == t.id) {
+                let sequence = steps::sequence(&state.layers, t.kind, t.upper);
+                let index = |p: Position| sequence.iter().position(|q| *q == p);
+                if index(t.position).zip(index(last)).is_some_and(|(at, done)| at <= done) {
+                    // Processed here before: acknowledge the furthest, notify nothing.
+                    self.delivered.insert(key);
+                    self.record_ack(t.id, last, false);
+                    continue;
+                }
+            }
             assert!(self.delivered.len() < DELIVERED_MAX, "delivered notifications are pruned with their transitions");
             self.delivered.insert(key);
+            // Positions are delivered in their sequence's order: the last is the furthest.
+            self.last_delivered.insert(t.id, t.position);
             match self.layers.iter().find(|l| l.order == t.position.order) {
                 Some(layer) => out.push(Notification {
                     transition: t.id,

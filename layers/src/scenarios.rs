@@ -5,7 +5,6 @@
 
 use crate::participant::{Participant, SelfState};
 use crate::sequencer::{advance, Inputs, NodeLife};
-use membership_db::error::CorruptRecord;
 use membership_db::format::*;
 
 const ORDERS: [(u32, &str); 4] = [(10, "dlm"), (20, "vdm"), (30, "sfs"), (40, "em")];
@@ -27,8 +26,8 @@ struct TestNode {
 
 struct Cluster {
     state: ClusterState,
-    requests: Vec<Result<NodeRequest, CorruptRecord>>,
-    acks: Vec<Result<AckRecord, CorruptRecord>>,
+    requests: Vec<Option<NodeRequest>>,
+    acks: Vec<Option<AckRecord>>,
     life: Vec<NodeLife>,
     nodes: Vec<Option<TestNode>>,
     incarnations: Vec<u64>,
@@ -58,9 +57,9 @@ impl Cluster {
     fn new(n: u16) -> Cluster {
         Cluster {
             state: ClusterState::new(n, 1, NodeId(1), 1),
-            requests: NodeId::all(n).map(|id| Ok(NodeRequest::initial(id, 1))).collect(),
-            acks: NodeId::all(n).map(|id| Ok(AckRecord::initial(id, 1))).collect(),
-            life: vec![NodeLife { running: None }; n as usize],
+            requests: NodeId::all(n).map(|id| Some(NodeRequest::initial(id, 1))).collect(),
+            acks: NodeId::all(n).map(|id| Some(AckRecord::initial(id, 1))).collect(),
+            life: vec![NodeLife::default(); n as usize],
             nodes: (0..n).map(|_| None).collect(),
             incarnations: vec![0; n as usize],
             log: Vec::new(),
@@ -73,12 +72,12 @@ impl Cluster {
         let i = (id - 1) as usize;
         self.incarnations[i] += 1;
         let inc = self.incarnations[i];
-        self.life[i] = NodeLife { running: Some(inc) };
+        self.life[i] = NodeLife::running(inc);
         let subsystems =
             specs.iter().map(|s| Recording { order: s.order, hang_on_join_of: None, nack_join_of: None }).collect();
         let seqs = (self.requests[i].as_ref().unwrap().seq, self.acks[i].as_ref().unwrap().seq);
         self.nodes[i] = Some(TestNode {
-            participant: Participant::new(NodeId(id), inc, specs, seqs.0, seqs.1),
+            participant: Participant::new(NodeId(id), inc, specs, seqs.0, seqs.1, 0),
             subsystems,
             self_state: SelfState::Waiting,
         });
@@ -87,7 +86,7 @@ impl Cluster {
     /// kill -9: the daemon is gone; its heartbeat stops.
     fn kill(&mut self, id: u16) {
         self.nodes[(id - 1) as usize] = None;
-        self.life[(id - 1) as usize] = NodeLife { running: None };
+        self.life[(id - 1) as usize] = NodeLife { running: None, stopped: Some(self.incarnations[(id - 1) as usize]) };
     }
 
     fn node(&mut self, id: u16) -> &mut TestNode {
@@ -116,15 +115,15 @@ impl Cluster {
             if node.self_state == SelfState::Left {
                 // The daemon stops once it has left, answering nothing more (as `sdc join` does).
                 self.nodes[i] = None;
-                self.life[i] = NodeLife { running: None };
+                self.life[i] = NodeLife::default();
                 continue;
             }
             if let Some(r) = node.participant.request_to_write() {
-                self.requests[i] = Ok(r.clone());
+                self.requests[i] = Some(r.clone());
                 node.participant.request_written(r);
             }
             if let Some(a) = node.participant.acks_to_write() {
-                self.acks[i] = Ok(a.clone());
+                self.acks[i] = Some(a.clone());
                 node.participant.acks_written(a);
             }
         }
@@ -223,7 +222,7 @@ fn graceful_leave_goes_top_down() {
         c.start(id, standard());
         c.until("joined", |c| c.member(id) == MemberState::Joined);
     }
-    c.node(1).participant.request_leave();
+    c.node(1).participant.request_leave(None);
     c.until("node 1 left", |c| c.member(1) == MemberState::Inactive);
     let leave: Vec<String> = c.log_of(2).into_iter().filter(|s| s.contains("leave n1")).collect();
     assert_eq!(leave, strings(&["em leave n1 b0", "sfs leave n1 b0", "vdm leave n1 b0", "dlm leave n1 b0"]));
@@ -304,7 +303,7 @@ fn leave_during_join_turns_around_between_layers() {
     c.until("node 1 joined", |c| c.member(1) == MemberState::Joined);
     c.start(2, specs);
     c.until("dlm barrier 0 of node 2's join", |c| c.log_of(2).contains(&"dlm join n2 b0".to_string()));
-    c.node(2).participant.request_leave();
+    c.node(2).participant.request_leave(None);
     c.until("node 2 left", |c| c.member(2) == MemberState::Inactive);
     // Every layer the join reached completed all its join barriers (the layer in progress
     // finished), and the leave then ran top-down through exactly those layers.
@@ -366,7 +365,7 @@ fn concurrent_transitions_of_different_nodes() {
     c.until("both joined", |c| c.member(2) == MemberState::Joined && c.member(3) == MemberState::Joined);
     let rounds_two = c.rounds;
     c.start(4, standard());
-    c.node(2).participant.request_leave();
+    c.node(2).participant.request_leave(None);
     c.until("4 joined and 2 left", |c| c.member(4) == MemberState::Joined && c.member(2) == MemberState::Inactive);
     for n in [2, 3] {
         let own: Vec<String> = c.log_of(n).into_iter().filter(|s| s.contains(&format!("join n{n}"))).collect();
@@ -394,7 +393,7 @@ fn a_leave_completing_during_another_join_does_not_stall_it() {
             c.start(id, standard());
             c.until("joined", |c| c.member(id) == MemberState::Joined);
         }
-        c.node(3).participant.request_leave();
+        c.node(3).participant.request_leave(None);
         for _ in 0..delay {
             c.round();
         }

@@ -22,26 +22,32 @@
 //! Transitions of different nodes run concurrently.
 
 use crate::steps;
-use membership_db::error::CorruptRecord;
 use membership_db::format::*;
 
 /// What the master knows of a node's daemon from its heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NodeLife {
     /// The incarnation whose heartbeat is running (not dead, not stopped), if any.
     pub running: Option<u64>,
+    /// The incarnation whose heartbeat the master found stopped (still for `dead_ms`, or
+    /// marked down or fenced), if any: it can never write again.
+    pub stopped: Option<u64>,
 }
 
 impl NodeLife {
+    pub fn running(incarnation: u64) -> NodeLife {
+        NodeLife { running: Some(incarnation), stopped: None }
+    }
     pub fn is(&self, incarnation: u64) -> bool {
         self.running == Some(incarnation)
     }
 }
 
-/// The inputs of one sequencing round, one entry per node slot.
+/// The inputs of one sequencing round, one entry per node slot: the newest records the master
+/// has read of each node (`None`: none readable yet).
 pub struct Inputs<'a> {
-    pub requests: &'a [Result<NodeRequest, CorruptRecord>],
-    pub acks: &'a [Result<AckRecord, CorruptRecord>],
+    pub requests: &'a [Option<NodeRequest>],
+    pub acks: &'a [Option<AckRecord>],
     pub life: &'a [NodeLife],
 }
 
@@ -56,15 +62,6 @@ pub enum SeqEvent {
     NackIgnored { transition: u64, node: NodeId },
 }
 
-fn bit(node: NodeId) -> u128 {
-    1u128 << node.index()
-}
-
-/// Nodes of `mask`, lowest first.
-pub fn nodes_of(mask: u128) -> impl Iterator<Item = NodeId> {
-    (0..128usize).filter(move |i| mask & (1u128 << i) != 0).map(NodeId::from_index)
-}
-
 struct Round<'a> {
     s: ClusterState,
     inputs: &'a Inputs<'a>,
@@ -76,6 +73,7 @@ struct Round<'a> {
 pub fn advance(state: &ClusterState, inputs: &Inputs<'_>) -> (ClusterState, Vec<SeqEvent>) {
     assert_eq!(inputs.life.len(), state.members.len(), "one life entry per node slot");
     let mut r = Round { s: state.clone(), inputs, events: Vec::new() };
+    r.record_stopped();
     r.force_out_the_gone();
     r.advance_transitions();
     r.handle_requests();
@@ -88,13 +86,23 @@ impl Round<'_> {
     }
 
     /// Nodes that take part in a new transition: members whose daemons run.
-    fn live_members(&self) -> u128 {
+    fn live_members(&self) -> NodeSet {
         NodeId::all(self.s.members.len() as u16)
             .filter(|n| {
                 let m = self.s.member(*n);
                 m.state.is_member() && self.alive(*n, m.incarnation)
             })
-            .fold(0, |acc, n| acc | bit(n))
+            .collect()
+    }
+
+    /// Records the incarnations found stopped: a daemon restarted on that slot may take it
+    /// over at once (see `Member::stopped_incarnation`).
+    fn record_stopped(&mut self) {
+        for (m, life) in self.s.members.iter_mut().zip(self.inputs.life) {
+            if let Some(stopped) = life.stopped {
+                m.stopped_incarnation = m.stopped_incarnation.max(stopped);
+            }
+        }
     }
 
     fn new_id(&mut self) -> u64 {
@@ -112,13 +120,14 @@ impl Round<'_> {
             TransitionKind::Leave => MemberState::Leaving,
             TransitionKind::ForcedLeave => MemberState::ForcedLeaving,
         };
-        let refusal = self.s.members[subject.index()].refusal;
-        self.s.members[subject.index()] = Member { state, incarnation, refusal };
+        let m = &mut self.s.members[subject.index()];
+        m.state = state;
+        m.incarnation = incarnation;
         let mut participants = self.live_members();
         if kind == TransitionKind::ForcedLeave {
-            participants &= !bit(subject);
+            participants.remove(subject);
         } else {
-            participants |= bit(subject);
+            participants.insert(subject);
         }
         let Some(position) = steps::first(&self.s.layers, kind, upper) else {
             let t = Transition {
@@ -153,7 +162,7 @@ impl Round<'_> {
         if kind != TransitionKind::Join {
             // Out of the cluster: it answers nothing more, so nothing may wait for it.
             for t in &mut self.s.transitions {
-                t.participants &= !bit(subject);
+                t.participants.remove(subject);
             }
         }
         let state = match kind {
@@ -178,7 +187,7 @@ impl Round<'_> {
             None => None,
         };
         for t in &mut self.s.transitions {
-            t.participants &= !bit(subject);
+            t.participants.remove(subject);
         }
         self.start(subject, m.incarnation, TransitionKind::ForcedLeave, upper);
     }
@@ -196,13 +205,23 @@ impl Round<'_> {
         }
     }
 
-    /// The acknowledgement of `node` for transition `id` at `position`: `Some(nack)` if given.
-    fn ack_of(&self, node: NodeId, id: u64, position: Position) -> Option<bool> {
-        let record = self.inputs.acks.get(node.index())?.as_ref().ok()?;
+    /// The acknowledgement of `node` for transition `t` at its position: `Some(nack)` if given.
+    /// An acknowledgement of a later position of the same transition counts too: that node has
+    /// processed this one before (a new master that took over an older copy of the cluster
+    /// state resumes a transition behind its participants).
+    fn ack_of(&self, node: NodeId, t: &Transition) -> Option<bool> {
+        let record = self.inputs.acks.get(node.index())?.as_ref()?;
         if record.incarnation != self.s.member(node).incarnation {
             return None;
         }
-        record.acks.iter().find(|a| a.transition == id && a.position == position).map(|a| a.nack)
+        let a = record.acks.iter().find(|a| a.transition == t.id)?;
+        if a.position == t.position {
+            return Some(a.nack);
+        }
+        let sequence = steps::sequence(&self.s.layers, t.kind, t.upper);
+        let index = |p: Position| sequence.iter().position(|q| *q == p);
+        let later = index(a.position).zip(index(t.position)).is_some_and(|(acked, at)| acked > at);
+        later.then_some(false)
     }
 
     fn advance_transitions(&mut self) {
@@ -211,8 +230,7 @@ impl Round<'_> {
         let ids: Vec<u64> = self.s.transitions.iter().map(|t| t.id).collect();
         for id in ids {
             let Some(t) = self.s.transitions.iter().find(|t| t.id == id).cloned() else { continue };
-            let answers: Vec<(NodeId, Option<bool>)> =
-                nodes_of(t.participants).map(|n| (n, self.ack_of(n, t.id, t.position))).collect();
+            let answers: Vec<(NodeId, Option<bool>)> = t.participants.iter().map(|n| (n, self.ack_of(n, &t))).collect();
             #[cfg(feature = "planted-bugs")]
             if membership_db::planted::active(membership_db::planted::Bug::SequencerAdvancesEarly) {
                 if answers.iter().all(|(_, a)| a.is_none()) {
@@ -311,7 +329,7 @@ impl Round<'_> {
 
     fn handle_requests(&mut self) {
         for node in NodeId::all(self.s.members.len() as u16) {
-            let Some(Ok(req)) = self.inputs.requests.get(node.index()) else { continue };
+            let Some(Some(req)) = self.inputs.requests.get(node.index()) else { continue };
             if !self.alive(node, req.incarnation) {
                 continue; // a request of a daemon that is no longer running
             }

@@ -14,15 +14,57 @@
 //!    a later epoch or higher ballot as before. Otherwise the value is chosen;
 //! 3. writes its block marked `decided`, so that others learn the outcome without a round.
 //!
-//! An unreadable block aborts the attempt: a decision needs every block. Safety needs no timing:
-//! two candidates can never see different values chosen in one epoch, however their reads and
-//! writes interleave, and a candidate that stops at any point leaves nothing unsafe behind.
+//! Safety needs no timing: two candidates can never see different values chosen in one epoch,
+//! however their reads and writes interleave, and a candidate that stops at any point leaves
+//! nothing unsafe behind.
+//!
+//! # Damaged blocks
+//!
+//! A decision needs every block, so the caller presents each block as a [`BlockView`]:
+//!
+//! * [`BlockView::Read`]: both copies valid (the newest is used);
+//! * [`BlockView::Unreadable`]: a copy is damaged (or torn by a write in progress) and its owner
+//!   may be running: the attempt aborts, and the running owner rewrites its block from memory;
+//! * [`BlockView::Lost`]: a copy is damaged and its owner cannot be running (its heartbeat has
+//!   been still for `dead_ms`, or says it stopped, or never ran). A stopped owner writes nothing
+//!   more (a frozen one fences before it writes again), so its block can be read as empty,
+//!   except that a decision may have lived only there: the epochs its owner acted as master in
+//!   (`acted_through`, from its heartbeat and the cluster state) are never finished again. An
+//!   attempt is therefore only made in an epoch above them ([`ClaimSummary::next_epoch`]), so
+//!   no two masters ever share an epoch number. Epochs its owner merely took part in are safe
+//!   to finish without it: a value chosen there is also in its chooser's block, which the
+//!   attempt reads (Paxos keeps every value accepted at a higher ballot equal to it).
+//!
+//! A node whose own block was damaged when its daemon started writes a fresh block carrying a
+//! `floor`: the epochs its previous incarnation may have been master in (from its heartbeat,
+//! which a new master writes before it acts). No epoch at or below a block's floor is finished
+//! either, for the same reason.
 //!
 //! [`Attempt`] is one candidate's attempt, sans-IO: the caller writes what it returns, reads all
 //! blocks, and feeds them back.
 
-use crate::error::CorruptRecord;
 use crate::format::{Claim, ClaimValue, NodeId};
+
+/// One node's claim block as a candidate sees it (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockView {
+    Read(Claim),
+    /// Damaged, owner stopped: empty, but no epoch up to `acted_through` may be decided.
+    Lost {
+        acted_through: u64,
+    },
+    /// Damaged, owner possibly running: no decision without it.
+    Unreadable,
+}
+
+impl BlockView {
+    pub fn claim(&self) -> Option<&Claim> {
+        match self {
+            BlockView::Read(c) => Some(c),
+            _ => None,
+        }
+    }
+}
 
 /// Ballots of node `n` are `k * BALLOT_STRIDE + n`: unique per node for any node id.
 pub const BALLOT_STRIDE: u64 = 256;
@@ -38,6 +80,8 @@ pub fn ballot_above(node: NodeId, above: u64) -> u64 {
 pub enum Abort {
     /// A block could not be read: no decision without every block.
     Unreadable(NodeId),
+    /// A lost block's owner acted as master in this epoch or a later one: it is not finished.
+    LostDecision { node: NodeId, acted_through: u64 },
     /// Some node is in a later epoch: this one is over.
     NewerEpoch { node: NodeId, epoch: u64 },
     /// Another candidate started a higher ballot in this epoch.
@@ -50,6 +94,10 @@ impl std::fmt::Display for Abort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Abort::Unreadable(n) => write!(f, "the claim block of node {n} is unreadable"),
+            Abort::LostDecision { node, acted_through } => write!(
+                f,
+                "the damaged claim block of node {node} may hold the decision of epoch {acted_through}, which is not finished again"
+            ),
             Abort::NewerEpoch { node, epoch } => {
                 write!(f, "node {node} is already in epoch {epoch}")
             }
@@ -108,17 +156,27 @@ fn next_block(
     value: Option<ClaimValue>,
     decided: bool,
 ) -> Claim {
-    Claim { node: me.node, seq: own.seq + 1, writer_incarnation: me.incarnation, epoch, mbal, bal, value, decided }
+    Claim {
+        node: me.node,
+        seq: own.seq + 1,
+        writer_incarnation: me.incarnation,
+        epoch,
+        mbal,
+        bal,
+        value,
+        decided,
+        floor: own.floor,
+    }
 }
 
 impl Attempt {
     /// Starts an attempt for `epoch`. `own` is our block as last written or read; `seen` are the
     /// blocks read most recently (to pick a ballot above theirs). Returns the block to write.
-    pub fn start(me: ClaimValue, own: &Claim, epoch: u64, seen: &[Result<Claim, CorruptRecord>]) -> (Attempt, Claim) {
+    pub fn start(me: ClaimValue, own: &Claim, epoch: u64, seen: &[BlockView]) -> (Attempt, Claim) {
         assert!(epoch >= own.epoch, "a claim never goes back to an earlier epoch");
         let highest = seen
             .iter()
-            .flatten()
+            .filter_map(BlockView::claim)
             .chain(std::iter::once(own))
             .filter(|c| c.epoch == epoch)
             .map(|c| c.mbal)
@@ -141,7 +199,7 @@ impl Attempt {
     }
 
     /// Feeds every node's block, read after our last write completed.
-    pub fn on_read(&mut self, blocks: &[Result<Claim, CorruptRecord>]) -> Step {
+    pub fn on_read(&mut self, blocks: &[BlockView]) -> Step {
         assert!(self.phase != Phase::Over, "attempt fed after it ended");
         let step = self.evaluate(blocks);
         match &step {
@@ -154,12 +212,20 @@ impl Attempt {
         step
     }
 
-    fn evaluate(&self, blocks: &[Result<Claim, CorruptRecord>]) -> Step {
+    fn evaluate(&self, blocks: &[BlockView]) -> Step {
         let mut best: Option<(u64, ClaimValue)> = None;
         for (i, block) in blocks.iter().enumerate() {
             let node = NodeId::from_index(i);
-            let Ok(b) = block else {
-                return Step::Aborted(Abort::Unreadable(node));
+            let b = match block {
+                BlockView::Read(b) if b.floor >= self.epoch => {
+                    return Step::Aborted(Abort::LostDecision { node, acted_through: b.floor });
+                }
+                BlockView::Read(b) => b,
+                BlockView::Unreadable => return Step::Aborted(Abort::Unreadable(node)),
+                BlockView::Lost { acted_through } if *acted_through >= self.epoch => {
+                    return Step::Aborted(Abort::LostDecision { node, acted_through: *acted_through });
+                }
+                BlockView::Lost { .. } => continue, // empty in this epoch
             };
             if node == self.me.node {
                 if *b != self.written {
@@ -219,25 +285,37 @@ pub struct ClaimSummary {
     pub highest_epoch: u64,
     /// The highest epoch known decided, and its value.
     pub decided: Option<(u64, ClaimValue)>,
-    /// Blocks that could not be read.
+    /// Blocks that could not be read, of owners that may be running.
     pub unreadable: Vec<NodeId>,
+    /// The highest epoch a lost block's owner acted as master in, or a block's floor: never
+    /// finished again.
+    pub lost_floor: u64,
 }
 
 impl ClaimSummary {
-    pub fn of(blocks: &[Result<Claim, CorruptRecord>]) -> ClaimSummary {
+    pub fn of(blocks: &[BlockView]) -> ClaimSummary {
         let mut s = ClaimSummary::default();
         for (i, block) in blocks.iter().enumerate() {
             match block {
-                Ok(b) => {
+                BlockView::Read(b) => {
+                    s.lost_floor = s.lost_floor.max(b.floor);
                     s.highest_epoch = s.highest_epoch.max(b.epoch);
                     if b.decided && s.decided.is_none_or(|(e, _)| b.epoch > e) {
                         s.decided = Some((b.epoch, b.value.expect("decided block has a value")));
                     }
                 }
-                Err(_) => s.unreadable.push(NodeId::from_index(i)),
+                BlockView::Lost { acted_through } => s.lost_floor = s.lost_floor.max(*acted_through),
+                BlockView::Unreadable => s.unreadable.push(NodeId::from_index(i)),
             }
         }
         s
+    }
+
+    /// The summary of blocks read with both copies valid (status, tests).
+    pub fn of_claims<'a>(claims: impl IntoIterator<Item = Option<&'a Claim>>) -> ClaimSummary {
+        let views: Vec<BlockView> =
+            claims.into_iter().map(|c| c.map_or(BlockView::Unreadable, |c| BlockView::Read(c.clone()))).collect();
+        ClaimSummary::of(&views)
     }
 
     /// The master of the highest epoch, when that epoch is decided.
@@ -246,12 +324,14 @@ impl ClaimSummary {
     }
 
     /// The epoch the next attempt is for: an undecided epoch in progress must be finished
-    /// (a candidate there may already believe it won), otherwise the one after the decided one.
+    /// (a candidate there may already believe it won), otherwise the one after the decided one;
+    /// and never an epoch a lost block's owner acted as master in.
     pub fn next_epoch(&self) -> u64 {
-        match self.decided {
+        let natural = match self.decided {
             Some((e, _)) if e == self.highest_epoch => e + 1,
             _ => self.highest_epoch.max(1),
-        }
+        };
+        natural.max(self.lost_floor + 1)
     }
 }
 
@@ -281,7 +361,7 @@ mod tests {
         own: Claim,
         attempt: Option<Attempt>,
         state: State,
-        last_read: Vec<Result<Claim, CorruptRecord>>,
+        last_read: Vec<BlockView>,
         attempts_left: u32,
     }
 
@@ -322,7 +402,7 @@ mod tests {
                 own: world.blocks[i].clone(),
                 attempt: None,
                 state: State::Idle,
-                last_read: world.blocks.iter().cloned().map(Ok).collect(),
+                last_read: world.blocks.iter().cloned().map(BlockView::Read).collect(),
                 attempts_left: 4,
             })
             .collect();
@@ -376,7 +456,7 @@ mod tests {
                         c.state = State::Read { got, left };
                         continue;
                     }
-                    let blocks: Vec<Result<Claim, CorruptRecord>> = got.into_iter().map(|b| Ok(b.unwrap())).collect();
+                    let blocks: Vec<BlockView> = got.into_iter().map(|b| BlockView::Read(b.unwrap())).collect();
                     c.last_read = blocks.clone();
                     let Some(attempt) = c.attempt.as_mut() else {
                         continue; // a survey read after a restart
@@ -418,14 +498,14 @@ mod tests {
     #[test]
     fn lone_candidate_decides_itself_in_two_rounds() {
         let me = ClaimValue { node: NodeId(2), incarnation: 7 };
-        let mut blocks: Vec<Result<Claim, CorruptRecord>> = (1..=3).map(|n| Ok(Claim::initial(NodeId(n), 1))).collect();
-        let own = blocks[1].clone().unwrap();
+        let mut blocks: Vec<BlockView> = (1..=3).map(|n| BlockView::Read(Claim::initial(NodeId(n), 1))).collect();
+        let own = blocks[1].claim().unwrap().clone();
         let (mut a, b1) = Attempt::start(me, &own, 1, &blocks);
         assert_eq!(b1.mbal, ballot_above(NodeId(2), 0));
-        blocks[1] = Ok(b1);
+        blocks[1] = BlockView::Read(b1);
         let Step::Write(b2) = a.on_read(&blocks) else { panic!("phase 2 expected") };
         assert_eq!(b2.value, Some(me));
-        blocks[1] = Ok(b2);
+        blocks[1] = BlockView::Read(b2);
         let Step::Decided { epoch: 1, value, commit: Some(c) } = a.on_read(&blocks) else {
             panic!("decision expected")
         };
@@ -438,10 +518,10 @@ mod tests {
         let other = ClaimValue { node: NodeId(1), incarnation: 3 };
         let me = ClaimValue { node: NodeId(2), incarnation: 1 };
         let accepted = Claim { epoch: 4, mbal: 257, bal: 257, value: Some(other), ..Claim::initial(NodeId(1), 3) };
-        let mut blocks = vec![Ok(accepted), Ok(Claim::initial(NodeId(2), 1))];
+        let mut blocks = vec![BlockView::Read(accepted), BlockView::Read(Claim::initial(NodeId(2), 1))];
         let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(2), 1), 4, &blocks);
         assert!(b1.mbal > 257);
-        blocks[1] = Ok(b1);
+        blocks[1] = BlockView::Read(b1);
         let Step::Write(b2) = a.on_read(&blocks) else { panic!() };
         assert_eq!(b2.value, Some(other), "a possibly chosen value must be kept");
     }
@@ -449,18 +529,34 @@ mod tests {
     #[test]
     fn unreadable_block_or_newer_epoch_aborts() {
         let me = ClaimValue { node: NodeId(1), incarnation: 1 };
-        let corrupt = CorruptRecord {
-            kind: crate::error::RecordKind::Claim,
-            offset: 1024,
-            problem: crate::error::Problem::Blank,
-        };
-        let mut blocks = vec![Ok(Claim::initial(NodeId(1), 1)), Err(corrupt)];
-        let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(1), 1), 1, &blocks);
-        blocks[0] = Ok(b1.clone());
+        let own = Claim::initial(NodeId(1), 1);
+        let mut blocks = vec![BlockView::Read(own.clone()), BlockView::Unreadable];
+        let (mut a, b1) = Attempt::start(me, &own, 1, &blocks);
+        blocks[0] = BlockView::Read(b1.clone());
         assert_eq!(a.on_read(&blocks), Step::Aborted(Abort::Unreadable(NodeId(2))));
-        let (mut a, b1) = Attempt::start(me, &Claim::initial(NodeId(1), 1), 1, &blocks);
-        blocks[0] = Ok(b1);
-        blocks[1] = Ok(Claim { epoch: 2, ..Claim::initial(NodeId(2), 1) });
+        let (mut a, b1) = Attempt::start(me, &own, 1, &blocks);
+        blocks[0] = BlockView::Read(b1);
+        blocks[1] = BlockView::Read(Claim { epoch: 2, ..Claim::initial(NodeId(2), 1) });
         assert_eq!(a.on_read(&blocks), Step::Aborted(Abort::NewerEpoch { node: NodeId(2), epoch: 2 }));
+    }
+
+    /// A lost block (owner stopped) reads as empty, but the epochs its owner was master of are
+    /// skipped: the next attempt goes above them, and one in them aborts.
+    #[test]
+    fn a_lost_block_is_empty_above_the_epochs_its_owner_acted_in() {
+        let me = ClaimValue { node: NodeId(1), incarnation: 1 };
+        let own = Claim { epoch: 3, ..Claim::initial(NodeId(1), 1) };
+        let mut blocks = vec![BlockView::Read(own.clone()), BlockView::Lost { acted_through: 5 }];
+        let summary = ClaimSummary::of(&blocks);
+        assert!(summary.unreadable.is_empty());
+        assert_eq!(summary.next_epoch(), 6, "epoch 5 may have been decided in the lost block");
+        let (mut a, b1) = Attempt::start(me, &own, 5, &blocks);
+        blocks[0] = BlockView::Read(b1);
+        assert_eq!(a.on_read(&blocks), Step::Aborted(Abort::LostDecision { node: NodeId(2), acted_through: 5 }));
+        let (mut a, b1) = Attempt::start(me, &own, 6, &blocks);
+        blocks[0] = BlockView::Read(b1);
+        let Step::Write(b2) = a.on_read(&blocks) else { panic!("phase 2 expected") };
+        blocks[0] = BlockView::Read(b2);
+        assert!(matches!(a.on_read(&blocks), Step::Decided { epoch: 6, value, .. } if value == me));
     }
 }

@@ -103,14 +103,15 @@ pub(crate) struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     /// Checks the frame (blank, magic, version, checksum) and returns a decoder positioned after
-    /// the version, and the record version found.
+    /// the version. Only `version` is read: a record of another version is named as newer or
+    /// older, never decoded.
     pub(crate) fn record(
         buf: &'a [u8],
         kind: RecordKind,
         offset: u64,
         magic: u32,
-        version_max: u16,
-    ) -> Result<(Self, u16), CorruptRecord> {
+        version: u16,
+    ) -> Result<Self, CorruptRecord> {
         let corrupt = |problem| CorruptRecord { kind, offset, problem };
         if buf.len() < 16 {
             return Err(corrupt(Problem::Truncated));
@@ -118,24 +119,27 @@ impl<'a> Decoder<'a> {
         if buf.iter().all(|&b| b == 0) {
             return Err(corrupt(Problem::Blank));
         }
-        let found_magic = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+        let found_magic = u32::from_le_bytes(buf[0..4].try_into().expect("fixed width"));
         if found_magic != magic {
             return Err(corrupt(Problem::BadMagic { found: found_magic, expected: magic }));
         }
-        let version = u16::from_le_bytes(buf[4..6].try_into().unwrap());
+        let found = u16::from_le_bytes(buf[4..6].try_into().expect("2 bytes"));
         let n = buf.len();
-        let stored = u32::from_le_bytes(buf[n - 4..].try_into().unwrap());
+        let stored = u32::from_le_bytes(buf[n - 4..].try_into().expect("fixed width"));
         let computed = crc32fast::hash(&buf[..n - 4]);
         if stored != computed {
             return Err(corrupt(Problem::Checksum { stored, computed }));
         }
-        if version == 0 {
+        if found == 0 {
             return Err(corrupt(Problem::Invalid("record version 0".into())));
         }
-        if version > version_max {
-            return Err(corrupt(Problem::NewerVersion { found: version, supported: version_max }));
+        if found > version {
+            return Err(corrupt(Problem::NewerVersion { found, supported: version }));
         }
-        Ok((Decoder { buf, pos: 6, kind, offset }, version))
+        if found < version {
+            return Err(corrupt(Problem::OlderVersion { found, supported: version }));
+        }
+        Ok(Decoder { buf, pos: 6, kind, offset })
     }
 
     pub(crate) fn invalid(&self, what: impl Into<String>) -> CorruptRecord {
@@ -151,17 +155,20 @@ impl<'a> Decoder<'a> {
         self.pos = end;
         Ok(s)
     }
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CorruptRecord> {
+        Ok(self.bytes(N)?.try_into().expect("N bytes"))
+    }
     pub(crate) fn u8(&mut self) -> Result<u8, CorruptRecord> {
         Ok(self.bytes(1)?[0])
     }
     pub(crate) fn u16(&mut self) -> Result<u16, CorruptRecord> {
-        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().expect("fixed width")))
     }
     pub(crate) fn u32(&mut self) -> Result<u32, CorruptRecord> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("fixed width")))
     }
     pub(crate) fn u64(&mut self) -> Result<u64, CorruptRecord> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("fixed width")))
     }
     pub(crate) fn text(&mut self, capacity: usize, field: &str) -> Result<String, CorruptRecord> {
         let len = self.u8()? as usize;

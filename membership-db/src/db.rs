@@ -1,10 +1,13 @@
 //! [`MembershipDb`]: typed access to the regions of a formatted disk.
 //!
-//! Reads take a whole region in one I/O and decode every record, returning a `Result` per
-//! record so that one corrupt record never hides the others. Writes put one record in the
-//! writer's own slot (or copy) and nothing else.
+//! Reads return a `Result` per record (or per copy), so one corrupt record never hides the
+//! others. The running nodes' read path is narrow (see the FORMAT document in [`crate::format`]):
+//! [`MembershipDb::read_beacons`] reads the config stamp and the heartbeats up to a node id in
+//! one I/O, and single records are read by the copy their advertised sequence names. Whole
+//! regions are read by the tools (`status`, `inspect`) and by a new master taking over. Writes
+//! put one record in the writer's own slot (or copy) and nothing else.
 
-use crate::error::{CorruptRecord, DbError, Problem};
+use crate::error::{CorruptRecord, DbError, Problem, RecordKind};
 use crate::format::*;
 use crate::io::Disk;
 
@@ -15,8 +18,11 @@ pub enum Probe {
     Formatted(Superblock),
     /// A superblock that is newer than this program.
     NewerFormat { found: u16 },
-    /// Superblocks that carry the cluster magic but fail their checks: a damaged cluster,
-    /// treated like an existing one (never overwritten without being asked).
+    /// A superblock of an older format than this program reads.
+    OlderFormat { found: u16 },
+    /// No valid superblock, but the disk holds a cluster: superblocks that carry the cluster
+    /// magic but fail their checks, or overwritten superblocks in front of a node table. A
+    /// damaged cluster is treated like an existing one (never overwritten without being asked).
     Damaged(Vec<CorruptRecord>),
     /// No valid superblock; the reasons, for both copies.
     Unformatted(Vec<CorruptRecord>),
@@ -55,6 +61,22 @@ pub fn read_superblocks(disk: &dyn Disk) -> Result<[Result<Superblock, CorruptRe
     }))
 }
 
+/// Whether the first node-table slot holds a node entry frame: the node table starts right
+/// after the superblocks whatever the geometry, so a disk whose superblocks were overwritten is
+/// still recognised as a cluster disk.
+fn node_table_follows(disk: &dyn Disk) -> Result<bool, DbError> {
+    let at = 2 * BLOCK_BYTES;
+    if disk.len_bytes() < at + BLOCK_BYTES {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; BLOCK_BYTES as usize];
+    disk.read_at(at, &mut buf)?;
+    Ok(match NodeEntry::decode(&buf, at, NodeId(1), 0) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.problem, Problem::Blank | Problem::BadMagic { .. } | Problem::Truncated),
+    })
+}
+
 /// Says whether a cluster lives on the disk, without changing anything.
 pub fn probe(disk: &dyn Disk) -> Result<Probe, DbError> {
     if disk.len_bytes() < 2 * BLOCK_BYTES {
@@ -66,11 +88,15 @@ pub fn probe(disk: &dyn Disk) -> Result<Probe, DbError> {
     }
     let errors: Vec<CorruptRecord> = copies.into_iter().filter_map(Result::err).collect();
     for e in &errors {
-        if let Problem::NewerVersion { found, .. } = e.problem {
-            return Ok(Probe::NewerFormat { found });
+        match e.problem {
+            Problem::NewerVersion { found, .. } => return Ok(Probe::NewerFormat { found }),
+            Problem::OlderVersion { found, .. } => return Ok(Probe::OlderFormat { found }),
+            _ => {}
         }
     }
-    if errors.iter().any(|e| matches!(e.problem, Problem::Checksum { .. } | Problem::Invalid(_))) {
+    let damaged_magic = errors.iter().any(|e| matches!(e.problem, Problem::Checksum { .. } | Problem::Invalid(_)));
+    let overwritten = errors.iter().all(|e| !matches!(e.problem, Problem::Blank)) && node_table_follows(disk)?;
+    if damaged_magic || overwritten {
         return Ok(Probe::Damaged(errors));
     }
     Ok(Probe::Unformatted(errors))
@@ -85,9 +111,9 @@ pub fn slot_bytes_for(sector: u32) -> Result<u32, DbError> {
     Ok(slot)
 }
 
-fn padded(record: Vec<u8>, slot_bytes: u32) -> Vec<u8> {
+fn padded(record: Vec<u8>, len: usize) -> Vec<u8> {
     let mut out = record;
-    out.resize(slot_bytes as usize, 0);
+    out.resize(len, 0);
     out
 }
 
@@ -97,6 +123,7 @@ impl MembershipDb {
         let superblock = match probe(disk.as_ref())? {
             Probe::Formatted(sb) => sb,
             Probe::NewerFormat { found } => return Err(DbError::NewerFormat { found, supported: FORMAT_VERSION }),
+            Probe::OlderFormat { found } => return Err(DbError::OlderFormat { found, supported: FORMAT_VERSION }),
             Probe::Unformatted(errors) | Probe::Damaged(errors) => {
                 let why = errors.first().map(|e| e.to_string()).unwrap_or_else(|| "the disk is too small".into());
                 return Err(DbError::NotFormatted(why));
@@ -154,41 +181,45 @@ impl MembershipDb {
         disk.write_at(0, &vec![0u8; 2 * BLOCK_BYTES as usize])?;
         let db = MembershipDb { disk, superblock, layout };
         let nodes: Vec<NodeId> = NodeId::all(params.max_nodes).collect();
+        let slot = slot_bytes as usize;
 
         let node_table: Vec<u8> = nodes
             .iter()
-            .flat_map(|&n| [0, 1].map(|seq| padded(NodeEntry::absent(n, seq).encode(), slot_bytes)))
+            .flat_map(|&n| [0, 1].map(|seq| padded(NodeEntry::absent(n, seq).encode(), slot)))
             .flatten()
             .collect();
         db.disk.write_at(db.layout.node_entry_offset(NodeId(1), 0), &node_table)?;
-        let heartbeats: Vec<u8> =
-            nodes.iter().flat_map(|&n| padded(Heartbeat::never(n).encode(), slot_bytes)).collect();
-        db.disk.write_at(db.layout.heartbeat_offset(NodeId(1)), &heartbeats)?;
+        let stamp =
+            ConfigStamp { cluster_uuid: params.cluster_uuid, table_generation: 1, written_unix_ms: params.now_unix_ms };
+        let beacons: Vec<u8> = std::iter::once(padded(stamp.encode(), slot))
+            .chain(nodes.iter().map(|&n| padded(Heartbeat::never(n).encode(), slot)))
+            .flatten()
+            .collect();
+        db.disk.write_at(db.layout.config_stamp_offset(), &beacons)?;
         let claims: Vec<u8> = nodes
             .iter()
-            .flat_map(|&n| [0, 1].map(|seq| padded(Claim::initial(n, seq).encode(), slot_bytes)))
+            .flat_map(|&n| [0, 1].map(|seq| padded(Claim::initial(n, seq).encode(), slot)))
             .flatten()
             .collect();
         db.disk.write_at(db.layout.claim_offset(NodeId(1), 0), &claims)?;
-        for kind in [RegionKind::ClusterState, RegionKind::NodeSlots, RegionKind::Layers] {
+        for kind in [RegionKind::ClusterState, RegionKind::Layers] {
             db.zero_region(db.layout.region(kind))?;
         }
-        let stride = db.layout.node_record_stride() as u32;
         let requests: Vec<u8> = nodes
             .iter()
-            .flat_map(|&n| [0, 1].map(|seq| padded(NodeRequest::initial(n, seq).encode(), stride)))
+            .flat_map(|&n| [0, 1].map(|seq| padded(NodeRequest::initial(n, seq).encode(), NODE_RECORD_BYTES)))
             .flatten()
             .collect();
         db.disk.write_at(db.layout.node_request_offset(NodeId(1), 0), &requests)?;
         let acks: Vec<u8> = nodes
             .iter()
-            .flat_map(|&n| [0, 1].map(|seq| padded(AckRecord::initial(n, seq).encode(), stride)))
+            .flat_map(|&n| [0, 1].map(|seq| padded(AckRecord::initial(n, seq).encode(), NODE_RECORD_BYTES)))
             .flatten()
             .collect();
         db.disk.write_at(db.layout.ack_offset(NodeId(1), 0), &acks)?;
         let sb = db.superblock.encode();
         for copy in 0..2 {
-            db.disk.write_at(db.layout.superblock_offset(copy), &padded(sb.clone(), BLOCK_BYTES as u32))?;
+            db.disk.write_at(db.layout.superblock_offset(copy), &padded(sb.clone(), BLOCK_BYTES as usize))?;
         }
         Ok(db)
     }
@@ -196,9 +227,8 @@ impl MembershipDb {
     fn zero_region(&self, region: Region) -> Result<(), DbError> {
         let zeros = vec![0u8; ZERO_CHUNK_BYTES];
         let mut off = region.offset;
-        let end = region.offset + region.len;
-        while off < end {
-            let n = ((end - off) as usize).min(ZERO_CHUNK_BYTES);
+        while off < region.end() {
+            let n = ((region.end() - off) as usize).min(ZERO_CHUNK_BYTES);
             self.disk.write_at(off, &zeros[..n])?;
             off += n as u64;
         }
@@ -229,9 +259,9 @@ impl MembershipDb {
         Ok(())
     }
 
-    /// Reads `count` consecutive slots starting at `offset` in one I/O.
-    fn read_slots(&self, offset: u64, count: usize) -> Result<Vec<u8>, DbError> {
-        let mut buf = vec![0u8; count * self.layout.slot_bytes as usize];
+    /// Reads `len` bytes at `offset` in one I/O.
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, DbError> {
+        let mut buf = vec![0u8; len];
         self.disk.read_at(offset, &mut buf)?;
         Ok(buf)
     }
@@ -242,27 +272,31 @@ impl MembershipDb {
     }
 
     fn write_slot(&self, offset: u64, record: Vec<u8>) -> Result<(), DbError> {
-        self.disk.write_at(offset, &padded(record, self.layout.slot_bytes))
+        self.disk.write_at(offset, &padded(record, self.layout.slot_bytes as usize))
     }
 
-    // --- node table ---------------------------------------------------------------------------
-
-    /// Both copies of every node's entry.
-    pub fn read_node_entry_copies(&self) -> Result<Vec<[Result<NodeEntry, CorruptRecord>; 2]>, DbError> {
+    /// Both copies of every node's slot record of a double-buffered region, in one I/O.
+    fn read_slot_copies<T>(
+        &self,
+        first: u64,
+        decode: impl Fn(&[u8], u64, NodeId, usize) -> Result<T, CorruptRecord>,
+        offset: impl Fn(NodeId, usize) -> u64,
+    ) -> Result<Vec<Copies<T>>, DbError> {
         let n = self.max_nodes() as usize;
-        let buf = self.read_slots(self.layout.node_entry_offset(NodeId(1), 0), 2 * n)?;
+        let buf = self.read(first, 2 * n * self.layout.slot_bytes as usize)?;
         Ok(NodeId::all(self.max_nodes())
             .map(|node| {
-                [0usize, 1].map(|copy| {
-                    NodeEntry::decode(
-                        self.slot(&buf, node.index() * 2 + copy),
-                        self.layout.node_entry_offset(node, copy),
-                        node,
-                        copy,
-                    )
-                })
+                [0usize, 1].map(|copy| decode(self.slot(&buf, node.index() * 2 + copy), offset(node, copy), node, copy))
             })
             .collect())
+    }
+
+    // --- node table and config stamp ----------------------------------------------------------
+
+    /// Both copies of every node's entry.
+    pub fn read_node_entry_copies(&self) -> Result<Vec<Copies<NodeEntry>>, DbError> {
+        let l = &self.layout;
+        self.read_slot_copies(l.node_entry_offset(NodeId(1), 0), NodeEntry::decode, |n, c| l.node_entry_offset(n, c))
     }
 
     /// The newest valid entry of every node.
@@ -270,7 +304,8 @@ impl MembershipDb {
         Ok(self.read_node_entry_copies()?.iter().map(|c| newest(c, |e| e.seq)).collect())
     }
 
-    /// Writes a node entry into the copy its sequence number selects.
+    /// Writes a node entry into the copy its sequence number selects. Admin commands then
+    /// bump the table generation ([`MembershipDb::bump_table_generation`]).
     pub fn write_node_entry(&self, entry: &NodeEntry) -> Result<(), DbError> {
         self.check_node_id(entry.node)?;
         let copy = (entry.seq % 2) as usize;
@@ -278,43 +313,64 @@ impl MembershipDb {
     }
 
     /// The sequence number the next write of `node`'s entry must carry: one above the newest
-    /// valid copy, so that it lands on the other copy.
-    pub fn next_node_entry_seq(&self, copies: &[Result<NodeEntry, CorruptRecord>; 2]) -> u64 {
+    /// valid copy, so that it lands on the other copy (which, when damaged, it repairs).
+    pub fn next_node_entry_seq(&self, copies: &Copies<NodeEntry>) -> u64 {
         copies.iter().flatten().map(|e| e.seq + 1).max().unwrap_or(2)
     }
 
-    // --- heartbeats ---------------------------------------------------------------------------
+    pub fn read_config_stamp(&self) -> Result<Result<ConfigStamp, CorruptRecord>, DbError> {
+        let off = self.layout.config_stamp_offset();
+        Ok(ConfigStamp::decode(&self.read(off, self.layout.slot_bytes as usize)?, off))
+    }
 
+    /// Tells the running nodes that the node table changed: writes the config stamp with the
+    /// next generation (a damaged stamp is rewritten, with a generation no node has seen).
+    pub fn bump_table_generation(&self, now_unix_ms: u64) -> Result<u64, DbError> {
+        let generation = match self.read_config_stamp()? {
+            Ok(s) => s.table_generation + 1,
+            Err(_) => now_unix_ms.max(2),
+        };
+        let stamp = ConfigStamp {
+            cluster_uuid: self.superblock.cluster_uuid,
+            table_generation: generation,
+            written_unix_ms: now_unix_ms,
+        };
+        self.write_slot(self.layout.config_stamp_offset(), stamp.encode())?;
+        Ok(generation)
+    }
+
+    // --- heartbeats -----------------------------------------------------------------------------
+
+    /// The config stamp and the heartbeats of nodes 1 to `through`, in one I/O: what a running
+    /// node reads every interval.
+    pub fn read_beacons(&self, through: NodeId) -> Result<Beacons, DbError> {
+        self.check_node_id(through)?;
+        let slots = 1 + through.0 as usize;
+        let buf = self.read(self.layout.config_stamp_offset(), slots * self.layout.slot_bytes as usize)?;
+        let stamp = ConfigStamp::decode(self.slot(&buf, 0), self.layout.config_stamp_offset());
+        let heartbeats = NodeId::all(through.0)
+            .map(|node| Heartbeat::decode(self.slot(&buf, node.0 as usize), self.layout.heartbeat_offset(node), node))
+            .collect();
+        Ok(Beacons { stamp, heartbeats })
+    }
+
+    /// Every node's heartbeat.
     pub fn read_heartbeats(&self) -> Result<Vec<Result<Heartbeat, CorruptRecord>>, DbError> {
-        let buf = self.read_slots(self.layout.heartbeat_offset(NodeId(1)), self.max_nodes() as usize)?;
-        Ok(NodeId::all(self.max_nodes())
-            .map(|node| Heartbeat::decode(self.slot(&buf, node.index()), self.layout.heartbeat_offset(node), node))
-            .collect())
+        Ok(self.read_beacons(NodeId(self.max_nodes()))?.heartbeats)
     }
 
     /// A heartbeat need only be visible, not durable: it is stale after any crash anyway.
     pub fn write_heartbeat(&self, hb: &Heartbeat) -> Result<(), DbError> {
         self.check_node_id(hb.node)?;
-        self.disk.write_visible_at(self.layout.heartbeat_offset(hb.node), &padded(hb.encode(), self.layout.slot_bytes))
+        let data = padded(hb.encode(), self.layout.slot_bytes as usize);
+        self.disk.write_visible_at(self.layout.heartbeat_offset(hb.node), &data)
     }
 
-    // --- claims -------------------------------------------------------------------------------
+    // --- claims ---------------------------------------------------------------------------------
 
-    pub fn read_claim_copies(&self) -> Result<Vec<[Result<Claim, CorruptRecord>; 2]>, DbError> {
-        let n = self.max_nodes() as usize;
-        let buf = self.read_slots(self.layout.claim_offset(NodeId(1), 0), 2 * n)?;
-        Ok(NodeId::all(self.max_nodes())
-            .map(|node| {
-                [0usize, 1].map(|copy| {
-                    Claim::decode(
-                        self.slot(&buf, node.index() * 2 + copy),
-                        self.layout.claim_offset(node, copy),
-                        node,
-                        copy,
-                    )
-                })
-            })
-            .collect())
+    pub fn read_claim_copies(&self) -> Result<Vec<Copies<Claim>>, DbError> {
+        let l = &self.layout;
+        self.read_slot_copies(l.claim_offset(NodeId(1), 0), Claim::decode, |n, c| l.claim_offset(n, c))
     }
 
     /// The newest valid claim of every node.
@@ -328,18 +384,21 @@ impl MembershipDb {
         self.write_slot(self.layout.claim_offset(claim.node, copy), claim.encode())
     }
 
-    // --- cluster state ------------------------------------------------------------------------
+    // --- cluster state --------------------------------------------------------------------------
 
     /// All four copies; `Ok(None)` for a copy never written.
     pub fn read_cluster_state_copies(&self) -> Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, DbError> {
-        (0..CLUSTER_STATE_COPIES as usize)
+        let buf = self.read(
+            self.layout.cluster_state_offset(0),
+            CLUSTER_STATE_COPIES as usize * CLUSTER_STATE_COPY_BYTES as usize,
+        )?;
+        Ok((0..CLUSTER_STATE_COPIES as usize)
             .map(|copy| {
-                let off = self.layout.cluster_state_offset(copy);
-                let mut buf = vec![0u8; CLUSTER_STATE_RECORD_BYTES_MAX];
-                self.disk.read_at(off, &mut buf)?;
-                Ok(ClusterState::decode(&buf, off, copy))
+                let at = copy * CLUSTER_STATE_COPY_BYTES as usize;
+                let record = &buf[at..at + CLUSTER_STATE_RECORD_BYTES_MAX];
+                ClusterState::decode(record, self.layout.cluster_state_offset(copy), copy, self.max_nodes())
             })
-            .collect()
+            .collect())
     }
 
     /// The newest valid cluster state by (epoch, seq), if any was written.
@@ -351,65 +410,142 @@ impl MembershipDb {
             .max_by_key(|s| (s.epoch, s.seq)))
     }
 
-    pub fn write_cluster_state(&self, state: &ClusterState) -> Result<(), DbError> {
-        self.disk.write_at(self.layout.cluster_state_offset(state.copy()), &state.encode())
+    /// The cluster state a heartbeat advertises, read from its copy in one I/O of its length.
+    /// A copy that holds another epoch, or an older sequence, is not the advertised state: it
+    /// is reported as such (a newer sequence of the same epoch is the master's next write).
+    pub fn read_cluster_state_at(&self, at: StateRef) -> Result<Result<ClusterState, CorruptRecord>, DbError> {
+        let off = self.layout.cluster_state_offset(at.copy());
+        let len =
+            if valid_cluster_state_len(at.bytes as usize) { at.bytes as usize } else { CLUSTER_STATE_RECORD_BYTES };
+        let buf = self.read(off, len)?;
+        let wrong = |what: String| CorruptRecord {
+            kind: RecordKind::ClusterState,
+            offset: off,
+            problem: Problem::Invalid(what),
+        };
+        Ok(match ClusterState::decode(&buf, off, at.copy(), self.max_nodes()) {
+            Ok(Some(s)) if s.epoch == at.epoch && s.seq >= at.seq => Ok(s),
+            Ok(Some(s)) => Err(wrong(format!(
+                "holds epoch {} sequence {} where epoch {} sequence {} was advertised",
+                s.epoch, s.seq, at.epoch, at.seq
+            ))),
+            Ok(None) => Err(CorruptRecord { kind: RecordKind::ClusterState, offset: off, problem: Problem::Blank }),
+            Err(e) => Err(e),
+        })
     }
 
-    // --- node requests and acknowledgements ------------------------------------------------------
+    /// Writes the state to both copies of its epoch's parity, its own copy first (see
+    /// [`cluster_state_copies`]).
+    pub fn write_cluster_state(&self, state: &ClusterState) -> Result<(), DbError> {
+        let record = state.encode();
+        let first = state.copy();
+        let second = cluster_state_copies(state.epoch).into_iter().find(|c| *c != first).expect("two copies");
+        self.disk.write_at(self.layout.cluster_state_offset(first), &record)?;
+        self.disk.write_at(self.layout.cluster_state_offset(second), &record)
+    }
 
-    fn read_node_records<T: Clone>(
+    // --- node requests and acknowledgements -------------------------------------------------------
+
+    fn read_node_records<T>(
         &self,
         first: u64,
+        count: usize,
         decode: impl Fn(&[u8], u64, NodeId, usize) -> Result<T, CorruptRecord>,
         offset: impl Fn(NodeId, usize) -> u64,
-    ) -> Result<Vec<[Result<T, CorruptRecord>; 2]>, DbError> {
-        let stride = self.layout.node_record_stride() as usize;
-        let mut buf = vec![0u8; self.max_nodes() as usize * 2 * stride];
-        self.disk.read_at(first, &mut buf)?;
-        Ok(NodeId::all(self.max_nodes())
-            .map(|node| {
+        nodes: impl Iterator<Item = NodeId>,
+    ) -> Result<Vec<Copies<T>>, DbError> {
+        let buf = self.read(first, count * 2 * NODE_RECORD_BYTES)?;
+        Ok(nodes
+            .enumerate()
+            .map(|(i, node)| {
                 [0usize, 1].map(|copy| {
-                    let at = (node.index() * 2 + copy) * stride;
-                    decode(&buf[at..at + stride], offset(node, copy), node, copy)
+                    let at = (i * 2 + copy) * NODE_RECORD_BYTES;
+                    decode(&buf[at..at + NODE_RECORD_BYTES], offset(node, copy), node, copy)
                 })
             })
             .collect())
     }
 
-    /// Both copies of every node's request record.
-    pub fn read_request_copies(&self) -> Result<Vec<[Result<NodeRequest, CorruptRecord>; 2]>, DbError> {
+    /// Both copies of every node's request record, in one I/O.
+    pub fn read_request_copies(&self) -> Result<Vec<Copies<NodeRequest>>, DbError> {
         let l = &self.layout;
-        self.read_node_records(l.node_request_offset(NodeId(1), 0), NodeRequest::decode, |n, c| {
-            l.node_request_offset(n, c)
-        })
+        let n = self.max_nodes();
+        self.read_node_records(
+            l.node_request_offset(NodeId(1), 0),
+            n as usize,
+            NodeRequest::decode,
+            |n, c| l.node_request_offset(n, c),
+            NodeId::all(n),
+        )
     }
 
-    /// The newest valid request of every node.
-    pub fn read_requests(&self) -> Result<Vec<Result<NodeRequest, CorruptRecord>>, DbError> {
-        Ok(self.read_request_copies()?.iter().map(|c| newest(c, |r| r.seq)).collect())
+    /// Both copies of every node's acknowledgement record, in one I/O.
+    pub fn read_ack_copies(&self) -> Result<Vec<Copies<AckRecord>>, DbError> {
+        let l = &self.layout;
+        let n = self.max_nodes();
+        self.read_node_records(
+            l.ack_offset(NodeId(1), 0),
+            n as usize,
+            AckRecord::decode,
+            |n, c| l.ack_offset(n, c),
+            NodeId::all(n),
+        )
+    }
+
+    /// Both copies of one node's request record.
+    pub fn read_request_copies_of(&self, node: NodeId) -> Result<Copies<NodeRequest>, DbError> {
+        self.check_node_id(node)?;
+        let l = &self.layout;
+        let mut v = self.read_node_records(
+            l.node_request_offset(node, 0),
+            1,
+            NodeRequest::decode,
+            |n, c| l.node_request_offset(n, c),
+            std::iter::once(node),
+        )?;
+        Ok(v.remove(0))
+    }
+
+    /// Both copies of one node's acknowledgement record.
+    pub fn read_ack_copies_of(&self, node: NodeId) -> Result<Copies<AckRecord>, DbError> {
+        self.check_node_id(node)?;
+        let l = &self.layout;
+        let mut v = self.read_node_records(
+            l.ack_offset(node, 0),
+            1,
+            AckRecord::decode,
+            |n, c| l.ack_offset(n, c),
+            std::iter::once(node),
+        )?;
+        Ok(v.remove(0))
+    }
+
+    /// The copy of `node`'s request record that sequence `seq` lives in.
+    pub fn read_request_at(&self, node: NodeId, seq: u64) -> Result<Result<NodeRequest, CorruptRecord>, DbError> {
+        self.check_node_id(node)?;
+        let copy = (seq % 2) as usize;
+        let off = self.layout.node_request_offset(node, copy);
+        Ok(NodeRequest::decode(&self.read(off, NODE_RECORD_BYTES)?, off, node, copy))
+    }
+
+    /// The copy of `node`'s acknowledgement record that sequence `seq` lives in.
+    pub fn read_ack_at(&self, node: NodeId, seq: u64) -> Result<Result<AckRecord, CorruptRecord>, DbError> {
+        self.check_node_id(node)?;
+        let copy = (seq % 2) as usize;
+        let off = self.layout.ack_offset(node, copy);
+        Ok(AckRecord::decode(&self.read(off, NODE_RECORD_BYTES)?, off, node, copy))
     }
 
     pub fn write_request(&self, request: &NodeRequest) -> Result<(), DbError> {
         self.check_node_id(request.node)?;
         let off = self.layout.node_request_offset(request.node, (request.seq % 2) as usize);
-        self.disk.write_at(off, &padded(request.encode(), self.layout.node_record_stride() as u32))
-    }
-
-    /// Both copies of every node's acknowledgement record.
-    pub fn read_ack_copies(&self) -> Result<Vec<[Result<AckRecord, CorruptRecord>; 2]>, DbError> {
-        let l = &self.layout;
-        self.read_node_records(l.ack_offset(NodeId(1), 0), AckRecord::decode, |n, c| l.ack_offset(n, c))
-    }
-
-    /// The newest valid acknowledgement record of every node.
-    pub fn read_acks(&self) -> Result<Vec<Result<AckRecord, CorruptRecord>>, DbError> {
-        Ok(self.read_ack_copies()?.iter().map(|c| newest(c, |r| r.seq)).collect())
+        self.disk.write_at(off, &padded(request.encode(), NODE_RECORD_BYTES))
     }
 
     pub fn write_acks(&self, acks: &AckRecord) -> Result<(), DbError> {
         self.check_node_id(acks.node)?;
         let off = self.layout.ack_offset(acks.node, (acks.seq % 2) as usize);
-        self.disk.write_at(off, &padded(acks.encode(), self.layout.node_record_stride() as u32))
+        self.disk.write_at(off, &padded(acks.encode(), NODE_RECORD_BYTES))
     }
 }
 
@@ -478,6 +614,8 @@ mod tests {
             let db = MembershipDb::format(open_disk(&p, mode, true).unwrap(), &params()).unwrap();
             db.write_heartbeat(&Heartbeat { state: HeartbeatState::Up, counter: 9, ..Heartbeat::never(NodeId(2)) })
                 .unwrap();
+            assert_eq!(db.read_config_stamp().unwrap().unwrap().table_generation, 1);
+            assert_eq!(db.bump_table_generation(5).unwrap(), 2);
             drop(db);
             let db = MembershipDb::open(open_disk(&p, mode, false).unwrap()).unwrap();
             assert_eq!(db.superblock().cluster_name, "t");
@@ -485,6 +623,10 @@ mod tests {
             assert!(db.read_node_table().unwrap().iter().all(|e| e.as_ref().is_ok_and(|e| !e.present)));
             assert!(db.read_claims().unwrap().iter().all(|c| c.as_ref().is_ok_and(|c| c.epoch == 0)));
             assert_eq!(db.read_cluster_state().unwrap(), None);
+            let beacons = db.read_beacons(NodeId(2)).unwrap();
+            assert_eq!(beacons.stamp.unwrap().table_generation, 2);
+            assert_eq!(beacons.heartbeats.len(), 2);
+            assert_eq!(beacons.heartbeats[1].as_ref().unwrap().counter, 9);
         }
     }
 

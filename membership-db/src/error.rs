@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub enum RecordKind {
     Superblock,
     NodeEntry,
+    ConfigStamp,
     Heartbeat,
     Claim,
     ClusterState,
@@ -22,6 +23,7 @@ impl fmt::Display for RecordKind {
         f.write_str(match self {
             RecordKind::Superblock => "superblock",
             RecordKind::NodeEntry => "node table entry",
+            RecordKind::ConfigStamp => "config stamp",
             RecordKind::Heartbeat => "heartbeat record",
             RecordKind::Claim => "claim record",
             RecordKind::ClusterState => "cluster state record",
@@ -48,6 +50,10 @@ pub enum Problem {
         found: u16,
         supported: u16,
     },
+    OlderVersion {
+        found: u16,
+        supported: u16,
+    },
     Truncated,
     /// The frame is intact but a field holds an impossible value.
     Invalid(String),
@@ -65,6 +71,9 @@ impl fmt::Display for Problem {
             }
             Problem::NewerVersion { found, supported } => {
                 write!(f, "record version {found} is newer than this sdc supports ({supported})")
+            }
+            Problem::OlderVersion { found, supported } => {
+                write!(f, "record version {found} is older than this sdc reads ({supported})")
             }
             Problem::Truncated => write!(f, "truncated"),
             Problem::Invalid(what) => write!(f, "invalid: {what}"),
@@ -96,6 +105,8 @@ pub enum DbError {
     NotFormatted(String),
     #[error("disk format version {found} is newer than this sdc supports ({supported}); upgrade sdc")]
     NewerFormat { found: u16, supported: u16 },
+    #[error("disk format version {found} is older than this sdc reads ({supported}); stop every node and reformat it with `sdc format --force` (its node table must be entered again)")]
+    OlderFormat { found: u16, supported: u16 },
     #[error("disk is truncated: it has {actual} bytes but the cluster was formatted for {expected}")]
     Truncated { actual: u64, expected: u64 },
     #[error("disk sector size {device} does not fit: the cluster was formatted with {slot}-byte slots; reformat on this device")]

@@ -5,6 +5,9 @@
 //! between them is live. One that did not is live only if its writer's wall-clock stamp is
 //! younger than `dead_ms`, which assumes the hosts' clocks roughly agree (NTP); this is for
 //! display only, and the daemons never use wall clocks for decisions.
+//!
+//! Every damaged record is named in a warning with its offset, and so is every fallback: a
+//! double-buffered record read from its older copy because the newer one is damaged.
 
 use crate::claim::ClaimSummary;
 use crate::error::CorruptRecord;
@@ -14,14 +17,13 @@ use crate::format::*;
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub superblock: Superblock,
-    pub node_table: Vec<Result<NodeEntry, CorruptRecord>>,
+    pub superblock_copies: Vec<Result<Superblock, CorruptRecord>>,
+    pub stamp: Result<ConfigStamp, CorruptRecord>,
+    pub node_table: Vec<Copies<NodeEntry>>,
     pub heartbeats_first: Vec<Result<Heartbeat, CorruptRecord>>,
     pub heartbeats: Vec<Result<Heartbeat, CorruptRecord>>,
-    pub claims: Vec<Result<Claim, CorruptRecord>>,
-    /// The newest valid cluster state, if a master ever wrote one.
-    pub cluster_state: Option<ClusterState>,
-    /// Cluster state copies that failed their checks.
-    pub cluster_state_corrupt: Vec<CorruptRecord>,
+    pub claims: Vec<Copies<Claim>>,
+    pub cluster_states: Vec<Result<Option<ClusterState>, CorruptRecord>>,
     /// Wall clock of the reader when the second heartbeat read was taken.
     pub now_unix_ms: u64,
 }
@@ -42,6 +44,15 @@ pub struct NodeStatus {
     pub pid: Option<u32>,
 }
 
+/// Something the reader must be told: a damaged record (with its offset), a fallback to an
+/// older copy, or a disagreement between records.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    /// The damaged record's offset, when one is concerned.
+    pub offset: Option<u64>,
+    pub text: String,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClusterStatus {
     pub cluster: String,
@@ -51,9 +62,8 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// Transitions in flight.
     pub transitions: Vec<TransitionStatus>,
-    /// Records that could not be read, each with its offset.
-    #[serde(skip)]
-    pub corrupt: Vec<CorruptRecord>,
+    /// What could not be read, and what was read from an older copy.
+    pub warnings: Vec<Warning>,
 }
 
 /// A transition in flight, as status shows it.
@@ -82,29 +92,65 @@ pub fn heartbeat_live(first: Option<&Heartbeat>, second: &Heartbeat, now_unix_ms
     second.written_unix_ms <= now_unix_ms + dead && now_unix_ms.saturating_sub(second.written_unix_ms) < dead
 }
 
-/// The membership state of the daemon that runs on `node` now. The master records the state
-/// of one incarnation; when a newer incarnation runs (a restart the master has not yet
-/// processed), that one is not a member yet.
-fn member_state(s: &Snapshot, node: NodeId, hb: Option<&Heartbeat>) -> MemberState {
-    let Some(member) = s.cluster_state.as_ref().map(|c| c.member(node)) else { return MemberState::Inactive };
-    match hb {
-        Some(hb)
-            if hb.state == HeartbeatState::Up && hb.incarnation > member.incarnation && member.state.is_member() =>
-        {
-            MemberState::Inactive
+/// The warnings of a double-buffered record's copies, and its newest valid copy.
+pub fn read_copies<T: Clone>(
+    copies: &Copies<T>,
+    seq: impl Fn(&T) -> u64,
+    what: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<T> {
+    match newest_noting(copies, &seq) {
+        Ok(Newest { record, fallback: None }) => Some(record),
+        Ok(Newest { record, fallback: Some(bad) }) => {
+            warnings.push(Warning {
+                offset: Some(bad.offset),
+                text: format!("{bad}; {what}: using the other copy (sequence {}), which may be older", seq(&record)),
+            });
+            Some(record)
         }
-        _ => member.state,
+        Err(bad) => {
+            for c in copies.iter().filter_map(|c| c.as_ref().err()) {
+                warnings.push(Warning { offset: Some(c.offset), text: format!("{c}; {what}: both copies unreadable") });
+            }
+            let _ = bad;
+            None
+        }
     }
 }
 
 impl ClusterStatus {
     pub fn of(s: &Snapshot) -> ClusterStatus {
         let dead_ms = s.superblock.timing.dead_ms;
-        let mut corrupt: Vec<CorruptRecord> = Vec::new();
-        corrupt.extend(s.node_table.iter().filter_map(|r| r.as_ref().err().cloned()));
-        corrupt.extend(s.heartbeats.iter().filter_map(|r| r.as_ref().err().cloned()));
-        corrupt.extend(s.claims.iter().filter_map(|r| r.as_ref().err().cloned()));
-        corrupt.extend(s.cluster_state_corrupt.iter().cloned());
+        let mut warnings: Vec<Warning> = Vec::new();
+        let note = |r: &CorruptRecord, what: &str, w: &mut Vec<Warning>| {
+            w.push(Warning { offset: Some(r.offset), text: format!("{r}; {what}") })
+        };
+        for bad in s.superblock_copies.iter().filter_map(|c| c.as_ref().err()) {
+            note(bad, "using the other superblock copy", &mut warnings);
+        }
+        if let Err(bad) = &s.stamp {
+            note(bad, "running nodes cannot see node table changes until an admin command rewrites it", &mut warnings);
+        }
+        let table: Vec<Option<NodeEntry>> = s
+            .node_table
+            .iter()
+            .enumerate()
+            .map(|(i, c)| read_copies(c, |e| e.seq, &format!("node table entry of node {}", i + 1), &mut warnings))
+            .collect();
+        for (i, hb) in s.heartbeats.iter().enumerate() {
+            if let Err(bad) = hb {
+                note(bad, &format!("node {} is shown from its last readable heartbeat, if any", i + 1), &mut warnings);
+            }
+        }
+        let claims: Vec<Option<Claim>> = s
+            .claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| read_copies(c, |c| c.seq, &format!("claim block of node {}", i + 1), &mut warnings))
+            .collect();
+        for bad in s.cluster_states.iter().filter_map(|c| c.as_ref().err()) {
+            note(bad, "not used", &mut warnings);
+        }
 
         let live = |node: NodeId| -> bool {
             let Some(Ok(hb)) = s.heartbeats.get(node.index()) else {
@@ -113,39 +159,84 @@ impl ClusterStatus {
             let first = s.heartbeats_first.get(node.index()).and_then(|r| r.as_ref().ok());
             heartbeat_live(first, hb, s.now_unix_ms, dead_ms)
         };
+        let hb_of = |node: NodeId| s.heartbeats.get(node.index()).and_then(|r| r.as_ref().ok());
 
-        let summary = ClaimSummary::of(&s.claims);
-        let master = summary.current_master().and_then(|(epoch, v)| {
-            let hb = s.heartbeats.get(v.node.index())?.as_ref().ok()?;
-            (hb.incarnation == v.incarnation && hb.master_epoch == epoch && live(v.node)).then_some(v.node)
-        });
+        // The master: the live node acting in the highest epoch.
+        let master_hb = NodeId::all(s.superblock.max_nodes)
+            .filter_map(|n| hb_of(n).filter(|hb| hb.master_epoch > 0 && live(n)))
+            .max_by_key(|hb| hb.master_epoch);
+        let summary = ClaimSummary::of_claims(claims.iter().map(Option::as_ref));
+        let state =
+            s.cluster_states.iter().filter_map(|c| c.as_ref().ok().cloned().flatten()).max_by_key(|s| (s.epoch, s.seq));
+        let epoch = summary
+            .decided
+            .map_or(0, |(e, _)| e)
+            .max(master_hb.map_or(0, |hb| hb.master_epoch))
+            .max(state.as_ref().map_or(0, |st| st.epoch));
+        if let Some(m) = master_hb {
+            let advertised = m.cluster_state;
+            let held = state.as_ref().map_or((0, 0), |st| (st.epoch, st.seq));
+            if !advertised.is_none() && held < advertised.key() {
+                let shown = match &state {
+                    Some(st) => format!("showing the older epoch {} sequence {}", st.epoch, st.seq),
+                    None => "membership states are unknown".into(),
+                };
+                warnings.push(Warning {
+                    offset: None,
+                    text: format!(
+                        "master node {} holds the cluster state of epoch {} sequence {}, but no readable copy has it; {shown} (the master writes it again at the next change)",
+                        m.node, advertised.epoch, advertised.seq
+                    ),
+                });
+            }
+        }
 
-        let nodes = s
-            .node_table
-            .iter()
-            .filter_map(|e| e.as_ref().ok())
-            .filter(|e| e.present)
-            .map(|e| {
-                let hb = s.heartbeats.get(e.node.index()).and_then(|r| r.as_ref().ok());
-                let ran = hb.filter(|h| h.state != HeartbeatState::Never);
-                NodeStatus {
-                    node: e.node,
-                    name: e.name.clone(),
-                    state: member_state(s, e.node, hb),
-                    live: live(e.node),
-                    heartbeat_age_ms: ran.map(|h| s.now_unix_ms.saturating_sub(h.written_unix_ms)),
-                    master_eligible: e.master_eligible,
-                    address: e.address.clone(),
-                    heartbeat_state: hb.map(|h| h.state),
-                    incarnation: ran.map(|h| h.incarnation),
-                    host: ran.map(|h| h.host.clone()),
-                    pid: ran.map(|h| h.pid),
+        let member_state = |node: NodeId, hb: Option<&Heartbeat>| -> MemberState {
+            let Some(member) = state.as_ref().map(|c| c.member(node)) else { return MemberState::Inactive };
+            match hb {
+                // The master records one incarnation; a newer one running is not a member yet.
+                Some(hb)
+                    if hb.state == HeartbeatState::Up
+                        && hb.incarnation > member.incarnation
+                        && member.state.is_member() =>
+                {
+                    MemberState::Inactive
                 }
-            })
-            .collect();
+                _ => member.state,
+            }
+        };
 
-        let transitions = s
-            .cluster_state
+        let mut nodes = Vec::new();
+        for node in NodeId::all(s.superblock.max_nodes) {
+            let entry = table[node.index()].as_ref().filter(|e| e.present);
+            let hb = hb_of(node);
+            let running = hb.is_some_and(|h| h.state == HeartbeatState::Up) && live(node);
+            if entry.is_none() && !running {
+                continue;
+            }
+            if entry.is_none() {
+                warnings.push(Warning {
+                    offset: None,
+                    text: format!("node {node} is running but has no readable node table entry; shown without its name (re-add it with sdc node add)"),
+                });
+            }
+            let ran = hb.filter(|h| h.state != HeartbeatState::Never);
+            nodes.push(NodeStatus {
+                node,
+                name: entry.map_or_else(|| "?".into(), |e| e.name.clone()),
+                state: member_state(node, hb),
+                live: live(node),
+                heartbeat_age_ms: ran.map(|h| s.now_unix_ms.saturating_sub(h.written_unix_ms)),
+                master_eligible: entry.is_some_and(|e| e.master_eligible),
+                address: entry.map_or_else(String::new, |e| e.address.clone()),
+                heartbeat_state: hb.map(|h| h.state),
+                incarnation: ran.map(|h| h.incarnation),
+                host: ran.map(|h| h.host.clone()),
+                pid: ran.map(|h| h.pid),
+            });
+        }
+
+        let transitions = state
             .iter()
             .flat_map(|c| {
                 c.transitions.iter().map(|t| TransitionStatus {
@@ -158,10 +249,7 @@ impl ClusterStatus {
                         .map_or_else(|| format!("order {}", t.position.order), |l| l.name.clone()),
                     order: t.position.order,
                     barrier: t.position.barrier,
-                    participants: (0..128usize)
-                        .filter(|i| t.participants & (1u128 << i) != 0)
-                        .map(NodeId::from_index)
-                        .collect(),
+                    participants: t.participants.iter().collect(),
                 })
             })
             .collect();
@@ -169,10 +257,10 @@ impl ClusterStatus {
             cluster: s.superblock.cluster_name.clone(),
             transitions,
             uuid: s.superblock.uuid_string(),
-            epoch: summary.decided.map_or(0, |(e, _)| e),
-            master,
+            epoch,
+            master: master_hb.map(|hb| hb.node),
             nodes,
-            corrupt,
+            warnings,
         }
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Each node's [`NodePath`] implements the real [`Disk`] trait, so the nodes run the real
 //! `MembershipDb` and the real encoders, decoders and checksums over it. A path can fail every
-//! I/O with EIO (a bad HBA or cable), lose the disk entirely (I/O that never completes: the
-//! simulator holds the action and the node's watchdog must act), or tear the write in flight
-//! when its node crashes (only a prefix of the sectors lands).
+//! I/O with EIO (a bad HBA or cable), fail only the I/O that touches one region (a bad range of
+//! the LUN: the node's heartbeats succeed while its records fail), lose the disk entirely (I/O
+//! that never completes: the simulator holds the action and the node's watchdog must act), or
+//! tear the write in flight when its node crashes (only a prefix of the sectors lands). Records
+//! can also be damaged at rest ([`SharedDisk::damage`]).
 
 use membership_db::error::DbError;
 use membership_db::io::Disk;
@@ -22,6 +24,20 @@ impl SharedDisk {
     pub fn new(bytes: u64) -> SharedDisk {
         SharedDisk(Arc::new(Mutex::new(vec![0u8; bytes as usize])))
     }
+
+    /// Overwrites `bytes.len()` bytes at `offset`, as damage at rest (a bad sector, a stray
+    /// write by another program).
+    pub fn damage(&self, offset: u64, bytes: &[u8]) {
+        let mut disk = self.0.lock().expect("single-threaded simulation");
+        let end = (offset as usize + bytes.len()).min(disk.len());
+        let n = end - offset as usize;
+        disk[offset as usize..end].copy_from_slice(&bytes[..n]);
+    }
+
+    /// The crc32 of every byte: two runs of one seed end with the same disk.
+    pub fn crc(&self) -> u32 {
+        crc32fast::hash(&self.0.lock().expect("single-threaded simulation"))
+    }
 }
 
 /// How a node's path to the disk behaves now.
@@ -29,6 +45,8 @@ impl SharedDisk {
 pub struct PathFaults {
     /// Every I/O fails with EIO.
     pub eio: bool,
+    /// I/O that touches this byte range fails with EIO.
+    pub eio_range: Option<(u64, u64)>,
     /// Writes land only up to this many sectors (a crash in the middle of the write).
     pub tear_after_sectors: Option<usize>,
 }
@@ -47,6 +65,11 @@ impl NodePath {
     fn faults(&self) -> PathFaults {
         *self.faults.lock().expect("single-threaded simulation")
     }
+
+    fn fails(&self, offset: u64, len: usize) -> bool {
+        let f = self.faults();
+        f.eio || f.eio_range.is_some_and(|(start, end)| offset < end && offset + len as u64 > start)
+    }
 }
 
 fn eio(op: &'static str, offset: u64, len: usize) -> DbError {
@@ -59,7 +82,7 @@ const fn libc_eio() -> i32 {
 
 impl Disk for NodePath {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
-        if self.faults().eio {
+        if self.fails(offset, buf.len()) {
             return Err(eio("reading", offset, buf.len()));
         }
         let bytes = self.disk.0.lock().expect("single-threaded simulation");
@@ -73,7 +96,7 @@ impl Disk for NodePath {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
         let faults = self.faults();
-        if faults.eio {
+        if self.fails(offset, data.len()) {
             return Err(eio("writing", offset, data.len()));
         }
         let mut bytes = self.disk.0.lock().expect("single-threaded simulation");

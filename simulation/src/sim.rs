@@ -1,15 +1,20 @@
 //! One simulated run: N nodes running the real [`MemberCore`] over a [`SharedDisk`] in virtual
 //! time, faults drawn from the seed, invariants checked after every action, then a healing
-//! phase in which every transition must complete within a bound.
+//! phase in which every transition must complete within a bound, and an idle phase in which
+//! every node must do one write and one read per heartbeat interval.
+//!
+//! [`World`] is also the harness of scripted scenarios (`tests/scenarios.rs`): the same nodes,
+//! checks and trace, driven by explicit crashes, freezes and leaves instead of random faults.
 
 use crate::disk::{NodePath, PathFaults, SharedDisk, SECTOR_BYTES};
-use layers::daemon::perform_member;
-use layers::member::{Action, MemberCore, MemberEvent, MemberExit};
+use layers::daemon::{own_records, perform_member};
+use layers::member::{Action, MemberCore, MemberEvent, MemberExit, LEAVE_MS_MAX};
 use layers::participant::Notification;
 use layers::sequencer::SeqEvent;
 use layers::steps;
 use membership_db::db::{FormatParams, MembershipDb};
 use membership_db::format::*;
+use membership_db::invariants::MasterChecker;
 use membership_db::node::{self, Exit, FenceReason, NodeConfig};
 use membership_db::rng::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -25,6 +30,21 @@ pub const DRIFT_PPM_MAX: i64 = 10_000;
 pub const SLOW_IO_MS_MAX: Millis = 50;
 /// Trace lines kept for a violation report.
 pub const TRACE_LINES: usize = 80;
+/// The wall clock of virtual time 0, for the records' display stamps (2026-01-01).
+const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
+/// How long the healed, converged cluster is watched for its idle I/O.
+pub const IDLE_CHECK_MS: Millis = 3_000;
+
+/// Actions a node may issue in one heartbeat interval: far above what the read path needs (a
+/// new master's takeover, and two record reads per node four times an interval), far below a
+/// node that spins on a failing write.
+pub fn io_budget(nodes: u16) -> u64 {
+    16 * nodes as u64 + 64
+}
+
+/// A node asked to stop ends within this much of its running time: the longest graceful leave,
+/// plus the wait for a master that does not come, plus an election.
+pub const STOP_BOUND_MS: Millis = LEAVE_MS_MAX + 4 * TIMING.dead_ms as Millis;
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -37,17 +57,40 @@ pub struct Config {
     pub liveness_bound_ms: Millis,
     /// Fault likelihood per node per step, per ten thousand.
     pub fault_rate: u64,
+    /// Master-eligible nodes.
+    pub eligible: NodeSet,
 }
 
 impl Config {
-    /// The configuration a seed stands for: mostly small clusters, now and then 16 or 32 nodes.
+    /// The configuration a seed stands for: mostly small clusters, now and then 16, 32, 64 or
+    /// 256 nodes.
     pub fn for_seed(seed: u64) -> Config {
         let nodes = match seed {
+            s if s % 2000 == 1999 => 256,
+            s if s % 1000 == 999 => 64,
             s if s % 500 == 499 => 32,
             s if s % 100 == 99 => 16,
             s => [3, 3, 4, 4, 5, 5, 6, 8][(s % 8) as usize],
         };
-        Config { seed, nodes, fault_ms: 8_000, liveness_bound_ms: 4 * TIMING.dead_ms as Millis + 6_000, fault_rate: 8 }
+        Config {
+            seed,
+            nodes,
+            fault_ms: 8_000,
+            liveness_bound_ms: 4 * TIMING.dead_ms as Millis + 6_000 + nodes as Millis * 20,
+            fault_rate: if nodes > 32 { 2 } else { 8 },
+            eligible: NodeSet::all(nodes),
+        }
+    }
+
+    /// No random faults: for scripted scenarios.
+    pub fn quiet(nodes: u16, seed: u64) -> Config {
+        Config { fault_ms: 0, fault_rate: 0, ..Config::for_seed(seed) }.with_nodes(nodes)
+    }
+
+    fn with_nodes(mut self, nodes: u16) -> Config {
+        self.nodes = nodes;
+        self.eligible = NodeSet::all(nodes);
+        self
     }
 }
 
@@ -88,6 +131,12 @@ pub struct Outcome {
     pub faults: BTreeMap<&'static str, u64>,
     /// From the end of the faults until every node was joined and nothing in flight.
     pub converged_ms: Millis,
+    /// The most reads and writes any node did in the idle phase, and its heartbeat intervals.
+    pub idle_reads_max: u64,
+    pub idle_writes_max: u64,
+    pub idle_intervals: u64,
+    /// The crc32 of the whole disk at the end: a seed replays to the same bytes.
+    pub disk_crc: u32,
 }
 
 struct SimNode {
@@ -108,6 +157,14 @@ struct SimNode {
     delivered: BTreeMap<u64, Vec<Position>>,
     /// The node crashes in the middle of its next write.
     crash_in_next_write: bool,
+    /// Asked to stop (leave) at this virtual time; running time counted since then.
+    stop_asked: Option<Millis>,
+    running_since_stop_ms: Millis,
+    /// Actions in the current heartbeat interval window, for the I/O budget.
+    window: (Millis, u64),
+    reads: u64,
+    writes: u64,
+    exits: Vec<MemberExit>,
 }
 
 impl SimNode {
@@ -116,19 +173,26 @@ impl SimNode {
     }
 }
 
-struct World {
+/// The nodes, the disk, the faults and the invariant checkers of one run.
+pub struct World {
     config: Config,
     t: Millis,
     rng: SplitMix64,
     nodes: Vec<SimNode>,
+    disk: SharedDisk,
+    layout: Layout,
     trace: VecDeque<String>,
-    masters: BTreeMap<u64, NodeId>,
+    masters: MasterChecker,
     notified: BTreeMap<(u64, Position), BTreeSet<u16>>,
     answered: BTreeMap<(u64, Position), BTreeSet<u16>>,
     outcome: Outcome,
     healing: bool,
-    /// The checker's own, fault-free path to the disk.
+    /// The checker's and the operator's own, fault-free path to the disk.
     observer: MembershipDb,
+    /// What the operator's node table holds.
+    table: Vec<NodeEntry>,
+    /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
+    echo: bool,
 }
 
 type Check = Result<(), (&'static str, String)>;
@@ -137,19 +201,16 @@ fn fail(invariant: &'static str, detail: String) -> Check {
     Err((invariant, detail))
 }
 
-/// Runs one seed to the end: the fault phase, then healing. `Err` names the broken invariant.
+/// Runs one seed to the end: the fault phase, then healing, then the idle check. `Err` names
+/// the broken invariant.
 pub fn run(config: &Config) -> Result<Outcome, Violation> {
     let mut w = World::new(config.clone());
-    match w.run() {
-        Ok(()) => Ok(w.outcome),
-        Err((invariant, detail)) => {
-            Err(Violation { seed: config.seed, invariant, detail, at_ms: w.t, trace: w.trace.into_iter().collect() })
-        }
-    }
+    let r = w.run_phases();
+    w.finish(r)
 }
 
 impl World {
-    fn new(config: Config) -> World {
+    pub fn new(config: Config) -> World {
         let layout = Layout::new(config.nodes, SECTOR_BYTES as u32);
         let disk = SharedDisk::new(layout.end());
         let params = FormatParams {
@@ -157,16 +218,23 @@ impl World {
             max_nodes: config.nodes,
             timing: TIMING,
             cluster_uuid: [7; 16],
-            now_unix_ms: 0,
+            now_unix_ms: WALL_EPOCH_MS,
         };
         let setup = Arc::new(Mutex::new(PathFaults::default()));
-        let db = MembershipDb::format(Box::new(NodePath::new(&disk, setup.clone())), &params)
-            .expect("format the simulated disk");
-        for id in NodeId::all(config.nodes) {
-            let entry =
-                NodeEntry { present: true, master_eligible: true, name: format!("n{id}"), ..NodeEntry::absent(id, 2) };
-            db.write_node_entry(&entry).expect("node table");
+        let observer =
+            MembershipDb::format(Box::new(NodePath::new(&disk, setup)), &params).expect("format the simulated disk");
+        let table: Vec<NodeEntry> = NodeId::all(config.nodes)
+            .map(|id| NodeEntry {
+                present: true,
+                master_eligible: config.eligible.contains(id),
+                name: format!("n{id}"),
+                ..NodeEntry::absent(id, 2)
+            })
+            .collect();
+        for entry in &table {
+            observer.write_node_entry(entry).expect("node table");
         }
+        observer.bump_table_generation(WALL_EPOCH_MS).expect("config stamp");
         let mut rng = SplitMix64::new(config.seed);
         let nodes = NodeId::all(config.nodes)
             .map(|id| {
@@ -187,6 +255,12 @@ impl World {
                     incarnation: 0,
                     delivered: BTreeMap::new(),
                     crash_in_next_write: false,
+                    stop_asked: None,
+                    running_since_stop_ms: 0,
+                    window: (0, 0),
+                    reads: 0,
+                    writes: 0,
+                    exits: Vec::new(),
                 }
             })
             .collect();
@@ -196,64 +270,140 @@ impl World {
             t: 1,
             rng,
             nodes,
+            disk,
+            layout,
             trace: VecDeque::new(),
-            masters: BTreeMap::new(),
+            masters: MasterChecker::new(),
             notified: BTreeMap::new(),
             answered: BTreeMap::new(),
             outcome,
             healing: false,
-            observer: db,
+            observer,
+            table,
+            echo: std::env::var_os("SIM_TRACE").is_some(),
         };
         for i in 0..w.nodes.len() {
-            w.start(i);
+            w.start_index(i);
         }
         w
     }
 
-    fn log(&mut self, line: String) {
-        if self.trace.len() >= TRACE_LINES {
-            self.trace.pop_front();
-        }
-        self.trace.push_back(format!("t={:>6} {line}", self.t));
+    // --- the scripted API -----------------------------------------------------------------------
+
+    /// Virtual time, in milliseconds.
+    pub fn now(&self) -> Millis {
+        self.t
     }
 
-    fn start(&mut self, i: usize) {
-        let n = self.config.nodes;
-        let node = &mut self.nodes[i];
-        let config = NodeConfig {
-            node: node.id,
-            master_eligible: true,
-            max_nodes: n,
-            timing: TIMING,
-            eligible_nodes: if n == 128 { u128::MAX } else { (1u128 << n) - 1 },
-            cluster_uuid: [7; 16],
-            pid: node.id.0 as u32,
-            host: "sim".into(),
-        };
-        // As `sdc join` does: a daemon that cannot read its own records does not start (and
-        // is started again later, as systemd would).
-        let (request_seq, acks_seq) = match layers::daemon::record_seqs(&node.db, node.id) {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                let id = node.id;
-                self.log(format!("node {id}: daemon failed to start: {e}"));
-                return;
+    /// Runs until `cond` holds, checking every invariant; fails after `limit_ms`.
+    pub fn run_until(&mut self, limit_ms: Millis, what: &str, cond: impl Fn(&World) -> bool) -> Result<(), Violation> {
+        let start = self.t;
+        while !cond(self) {
+            if self.t - start > limit_ms {
+                let detail = format!("not within {limit_ms} ms: {what}; state: {}", self.state_summary());
+                return Err(self.violation("scenario", detail));
             }
-        };
-        let now = node.local(self.t);
-        node.core = Some(MemberCore::new(config, standard_layers(), request_seq, acks_seq, now));
-        node.pending = None;
-        node.inbox.clear();
-        node.delivered.clear();
-        let id = node.id;
-        self.log(format!("node {id}: daemon started"));
+            if let Err((inv, detail)) = self.step() {
+                return Err(self.violation(inv, detail));
+            }
+        }
+        Ok(())
     }
 
-    fn count(&mut self, fault: &'static str) {
-        *self.outcome.faults.entry(fault).or_default() += 1;
+    /// kill -9 of a node's daemon.
+    pub fn crash(&mut self, node: NodeId) {
+        self.crash_index(node.index());
     }
 
-    fn run(&mut self) -> Check {
+    /// Starts a node's daemon (a new incarnation), as systemd would.
+    pub fn start(&mut self, node: NodeId) {
+        self.start_index(node.index());
+    }
+
+    /// Freezes a node (SIGSTOP, a stalled VM) for `ms`.
+    pub fn freeze(&mut self, node: NodeId, ms: Millis) {
+        self.nodes[node.index()].frozen_until = self.t + ms;
+        self.log(format!("node {node}: frozen until t={}", self.t + ms));
+    }
+
+    /// SIGTERM: a graceful leave.
+    pub fn leave(&mut self, node: NodeId) {
+        if let Some(c) = self.nodes[node.index()].core.as_mut() {
+            c.request_leave();
+            self.nodes[node.index()].stop_asked.get_or_insert(self.t);
+            self.log(format!("node {node}: asked to leave (signal)"));
+        }
+    }
+
+    /// `sdc leave`: the operator bumps the node's leave count in the node table.
+    pub fn operator_leave(&mut self, node: NodeId) {
+        let i = node.index();
+        let copies = self.observer.read_node_entry_copies().expect("observer reads");
+        let seq = self.observer.next_node_entry_seq(&copies[i]);
+        self.table[i] = NodeEntry { seq, leave_requests: self.table[i].leave_requests + 1, ..self.table[i].clone() };
+        self.observer.write_node_entry(&self.table[i]).expect("observer writes");
+        self.observer.bump_table_generation(self.wall()).expect("observer writes");
+        if self.nodes[i].core.is_some() {
+            self.nodes[i].stop_asked.get_or_insert(self.t);
+        }
+        self.log(format!("node {node}: sdc leave (leave request {})", self.table[i].leave_requests));
+    }
+
+    /// Damages both copies of a node's claim block (random bytes).
+    pub fn damage_claim_block(&mut self, node: NodeId) {
+        for copy in 0..2 {
+            let off = self.layout.claim_offset(node, copy);
+            self.damage_at(off, self.layout.slot_bytes as usize);
+        }
+    }
+
+    /// The membership state of `node` as the acting master (or else the disk) holds it.
+    pub fn member(&self, node: NodeId) -> Member {
+        self.truth().map_or(Member::INACTIVE, |s| s.member(node))
+    }
+
+    /// The node acting as master now.
+    pub fn master(&self) -> Option<NodeId> {
+        self.acting_masters().first().map(|(n, _)| *n)
+    }
+
+    /// The epoch of the master acting now.
+    pub fn master_epoch(&self) -> Option<u64> {
+        self.acting_masters().first().map(|(_, e)| *e)
+    }
+
+    pub fn is_running(&self, node: NodeId) -> bool {
+        self.nodes[node.index()].core.is_some()
+    }
+
+    /// How a node's daemons ended, in order.
+    pub fn exits(&self, node: NodeId) -> &[MemberExit] {
+        &self.nodes[node.index()].exits
+    }
+
+    /// The incarnation of the node's current (or last) daemon.
+    pub fn incarnation(&self, node: NodeId) -> u64 {
+        self.nodes[node.index()].incarnation
+    }
+
+    /// The last heartbeat on the disk of `node`.
+    pub fn heartbeat(&self, node: NodeId) -> Option<Heartbeat> {
+        self.observer.read_heartbeats().ok()?.into_iter().nth(node.index())?.ok()
+    }
+
+    /// Notifications delivered so far, all nodes together.
+    pub fn notifications(&self) -> usize {
+        self.notified.values().map(BTreeSet::len).sum()
+    }
+
+    /// Every node joined, with its current incarnation, and nothing in flight.
+    pub fn all_joined_and_quiet(&self) -> bool {
+        self.converged()
+    }
+
+    // --- phases ---------------------------------------------------------------------------------
+
+    fn run_phases(&mut self) -> Check {
         while self.t < self.config.fault_ms {
             self.inject_faults()?;
             self.step()?;
@@ -274,18 +424,137 @@ impl World {
             self.step()?;
         }
         self.outcome.converged_ms = self.t - healed_at;
-        self.outcome.virtual_ms = self.t;
-        self.outcome.epochs = self.masters.len() as u64;
+        self.check_idle_io()
+    }
+
+    /// The converged cluster is watched for a while: each node must do one write and one read
+    /// per heartbeat interval (what the read path promises), and stay converged.
+    fn check_idle_io(&mut self) -> Check {
+        // A settling interval for heartbeats written on the last change.
+        let settle = self.t + 2 * TIMING.heartbeat_ms as Millis;
+        while self.t < settle {
+            self.step()?;
+        }
+        let before: Vec<(u64, u64)> = self.nodes.iter().map(|n| (n.reads, n.writes)).collect();
+        let start = self.t;
+        while self.t < start + IDLE_CHECK_MS {
+            self.step()?;
+        }
+        if !self.converged() {
+            return fail("idle", format!("the cluster left its converged state while idle: {}", self.state_summary()));
+        }
+        let intervals = (self.t - start) / TIMING.heartbeat_ms as Millis;
+        let (mut reads, mut writes) = (0, 0);
+        for (n, (r, w)) in self.nodes.iter().zip(before) {
+            reads = reads.max(n.reads - r);
+            writes = writes.max(n.writes - w);
+        }
+        self.outcome.idle_reads_max = reads;
+        self.outcome.idle_writes_max = writes;
+        self.outcome.idle_intervals = intervals;
+        // One of each per interval (and one more of each for the interval boundaries).
+        if reads > intervals + 2 || writes > intervals + 2 {
+            return fail(
+                "idle-io",
+                format!("a node did {reads} reads and {writes} writes in {intervals} idle heartbeat intervals"),
+            );
+        }
         Ok(())
     }
 
-    /// The newest valid cluster state, read by the checker on a path of its own.
-    fn cluster_state(&self) -> Option<ClusterState> {
-        self.observer.read_cluster_state().ok().flatten()
+    fn finish(mut self, r: Check) -> Result<Outcome, Violation> {
+        match r {
+            Ok(()) => {
+                self.outcome.virtual_ms = self.t;
+                self.outcome.epochs = self.masters.masters().len() as u64;
+                self.outcome.disk_crc = self.disk.crc();
+                Ok(self.outcome)
+            }
+            Err((invariant, detail)) => Err(self.violation(invariant, detail)),
+        }
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Violation {
+        Violation {
+            seed: self.config.seed,
+            invariant,
+            detail,
+            at_ms: self.t,
+            trace: self.trace.iter().cloned().collect(),
+        }
+    }
+
+    fn wall(&self) -> u64 {
+        WALL_EPOCH_MS + self.t
+    }
+
+    fn log(&mut self, line: String) {
+        if self.echo {
+            eprintln!("t={:>6} {line}", self.t);
+        }
+        if self.trace.len() >= TRACE_LINES {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={:>6} {line}", self.t));
+    }
+
+    fn start_index(&mut self, i: usize) {
+        let n = self.config.nodes;
+        let id = self.nodes[i].id;
+        // As `sdc join` does: read the node table, the stamp and the node's own records; a
+        // daemon that cannot read them does not start (and is started again later).
+        let db = &self.nodes[i].db;
+        let read = (|| {
+            let table = db.read_node_table()?;
+            let stamp = db.read_config_stamp()?;
+            let leave_requests = table[i].as_ref().map_or(0, |e| e.leave_requests);
+            let (own, incarnation_floor) = own_records(db, id, leave_requests)?;
+            Ok::<_, membership_db::error::DbError>((table, stamp, own, incarnation_floor))
+        })();
+        let (table, stamp, own, incarnation_floor) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                self.log(format!("node {id}: daemon failed to start: {e}"));
+                return;
+            }
+        };
+        let config = NodeConfig {
+            node: id,
+            max_nodes: n,
+            timing: TIMING,
+            cluster_uuid: [7; 16],
+            table: TableView::of(&table),
+            table_generation: stamp.map_or(0, |s| s.table_generation),
+            incarnation_floor,
+            pid: id.0 as u32,
+            host: "sim".into(),
+        };
+        let node = &mut self.nodes[i];
+        let now = node.local(self.t);
+        node.core = Some(MemberCore::new(config, standard_layers(), own, now));
+        node.pending = None;
+        node.inbox.clear();
+        node.delivered.clear();
+        node.stop_asked = None;
+        node.running_since_stop_ms = 0;
+        self.log(format!("node {id}: daemon started"));
+    }
+
+    fn count(&mut self, fault: &'static str) {
+        *self.outcome.faults.entry(fault).or_default() += 1;
+    }
+
+    /// The cluster state as the acting master holds it (what the cluster acts on), or else
+    /// the newest readable copy.
+    fn truth(&self) -> Option<ClusterState> {
+        let master = self.master();
+        master
+            .and_then(|m| self.nodes[m.index()].core.as_ref()?.cluster_state().cloned())
+            .or_else(|| self.observer.read_cluster_state().ok().flatten())
     }
 
     fn state_summary(&self) -> String {
-        match self.cluster_state() {
+        match self.truth() {
             None => "no cluster state".into(),
             Some(s) => {
                 let members: Vec<String> = NodeId::all(self.config.nodes)
@@ -296,19 +565,6 @@ impl World {
                     .iter()
                     .map(|t| format!("{} of {} at {:?}", t.kind.name(), t.subject, t.position))
                     .collect();
-                let requests: Vec<String> = self
-                    .observer
-                    .read_requests()
-                    .map(|r| {
-                        r.iter()
-                            .map(|r| {
-                                r.as_ref().map_or("corrupt".into(), |r| {
-                                    format!("{}:{}/{}", r.node, r.want.name(), r.incarnation)
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 let heartbeats: Vec<String> = self
                     .observer
                     .read_heartbeats()
@@ -322,38 +578,98 @@ impl World {
                             .collect()
                     })
                     .unwrap_or_default();
+                let daemons: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!("{}:{}", n.id, if n.core.is_some() { n.incarnation.to_string() } else { "-".into() })
+                    })
+                    .collect();
                 format!(
-                    "epoch {} members [{}] in flight [{}] requests [{}] heartbeats [{}]",
+                    "epoch {} seq {} members [{}] in flight [{}] heartbeats [{}] daemons [{}]",
                     s.epoch,
+                    s.seq,
                     members.join(" "),
                     flight.join("; "),
-                    requests.join(" "),
-                    heartbeats.join(" ")
+                    heartbeats.join(" "),
+                    daemons.join(" ")
                 )
             }
         }
     }
 
     fn converged(&self) -> bool {
-        let Some(s) = self.cluster_state() else { return false };
-        s.transitions.is_empty()
-            && self.nodes.iter().all(|n| {
-                n.core.as_ref().is_some_and(|c| c.exit().is_none())
-                    && s.member(n.id).state == MemberState::Joined
+        let Some(s) = self.truth() else { return false };
+        self.master().is_some()
+            && s.transitions.is_empty()
+            && self.nodes.iter().zip(&self.table).all(|(n, entry)| {
+                n.core.as_ref().is_some_and(|c| {
+                    // Healthy: a heartbeat landed in the last few intervals (not about to fence).
+                    let recent = (TIMING.fence_ms - 3 * TIMING.heartbeat_ms) as Millis;
+                    let healthy = c.fence_deadline().is_some_and(|d| d >= n.local(self.t) + recent);
+                    // No leave asked and not yet done (by a signal, or by `sdc leave`).
+                    healthy && !c.wants_leave() && c.leave_requests_seen() >= entry.leave_requests
+                }) && s.member(n.id).state == MemberState::Joined
                     && s.member(n.id).incarnation == n.incarnation
             })
     }
 
-    /// Faults stop: paths heal, nothing frozen, every stopped daemon restarts.
+    /// Faults stop: paths heal, nothing frozen, every stopped daemon restarts, and the operator
+    /// repairs the node table and the config stamp (the records the cluster cannot rewrite).
     fn heal(&mut self) {
         self.healing = true;
         for n in &mut self.nodes {
-            *n.path.lock().unwrap() = PathFaults::default();
+            *n.path.lock().expect("single-threaded") = PathFaults::default();
             n.lost = false;
             n.slow_ms = 0;
             n.frozen_until = 0;
         }
+        let copies = self.observer.read_node_entry_copies().expect("observer reads");
+        let mut repaired = false;
+        for (i, c) in copies.iter().enumerate() {
+            if c.iter().any(|c| c.is_err()) || newest(c, |e| e.seq).ok().as_ref() != Some(&self.table[i]) {
+                let seq = self.observer.next_node_entry_seq(c);
+                self.table[i].seq = seq;
+                self.observer.write_node_entry(&self.table[i]).expect("observer writes");
+                // Both copies: the other one too.
+                self.table[i].seq = seq + 1;
+                self.observer.write_node_entry(&self.table[i]).expect("observer writes");
+                repaired = true;
+            }
+        }
+        if repaired || self.observer.read_config_stamp().expect("observer reads").is_err() {
+            self.observer.bump_table_generation(self.wall()).expect("observer writes");
+        }
         self.log("faults stop; healing".into());
+    }
+
+    /// Random bytes over `len` bytes at `offset` (a record's slot or copy).
+    fn damage_at(&mut self, offset: u64, len: usize) {
+        let start = self.rng.below(len as u64 / 2) as usize;
+        let bytes: Vec<u8> = (0..len - start).map(|_| self.rng.below(256) as u8).collect();
+        self.disk.damage(offset + start as u64, &bytes);
+    }
+
+    /// Damages one record at rest: a heartbeat, a claim copy, a request or acknowledgement
+    /// copy, a cluster state copy, a node table copy or the config stamp.
+    fn damage_random_record(&mut self) {
+        let node = NodeId::from_index(self.rng.below(self.config.nodes as u64) as usize);
+        let copy = self.rng.below(2) as usize;
+        let slot = self.layout.slot_bytes as usize;
+        let (what, offset, len) = match self.rng.below(7) {
+            0 => ("heartbeat", self.layout.heartbeat_offset(node), slot),
+            1 => ("claim copy", self.layout.claim_offset(node, copy), slot),
+            2 => ("request copy", self.layout.node_request_offset(node, copy), NODE_RECORD_BYTES),
+            3 => ("acknowledgement copy", self.layout.ack_offset(node, copy), NODE_RECORD_BYTES),
+            4 => {
+                let c = self.rng.below(CLUSTER_STATE_COPIES) as usize;
+                ("cluster state copy", self.layout.cluster_state_offset(c), CLUSTER_STATE_RECORD_BYTES)
+            }
+            5 => ("node table copy", self.layout.node_entry_offset(node, copy), slot),
+            _ => ("config stamp", self.layout.config_stamp_offset(), slot),
+        };
+        self.damage_at(offset, len);
+        self.log(format!("damaged the {what} of node {node} at offset {offset}"));
     }
 
     fn inject_faults(&mut self) -> Check {
@@ -363,9 +679,9 @@ impl World {
                 continue;
             }
             let id = self.nodes[i].id;
-            match self.rng.below(8) {
+            match self.rng.below(11) {
                 0 => {
-                    self.crash(i);
+                    self.crash_index(i);
                     self.count("crash");
                 }
                 1 => self.nodes[i].crash_in_next_write = self.nodes[i].core.is_some(),
@@ -376,8 +692,8 @@ impl World {
                     self.count("freeze");
                 }
                 3 => {
-                    let eio = !self.nodes[i].path.lock().unwrap().eio;
-                    self.nodes[i].path.lock().unwrap().eio = eio;
+                    let eio = !self.nodes[i].path.lock().expect("single-threaded").eio;
+                    self.nodes[i].path.lock().expect("single-threaded").eio = eio;
                     self.log(format!("node {id}: path {}", if eio { "fails with EIO" } else { "healed" }));
                     self.count("eio");
                 }
@@ -393,15 +709,35 @@ impl World {
                     self.count("disk-loss");
                 }
                 6 => {
-                    if let Some(c) = self.nodes[i].core.as_mut() {
-                        c.request_leave();
-                        self.log(format!("node {id}: asked to leave"));
+                    if self.nodes[i].core.is_some() {
+                        self.leave(id);
                         self.count("leave");
                     }
                 }
+                7 => {
+                    self.operator_leave(id);
+                    self.count("sdc-leave");
+                }
+                8 => {
+                    self.damage_random_record();
+                    self.count("damage");
+                }
+                9 => {
+                    // A bad range of the LUN on this node's path: I/O touching one region fails
+                    // while the rest (its heartbeats) succeeds.
+                    let region = [RegionKind::NodeRecords, RegionKind::Claim, RegionKind::ClusterState]
+                        [self.rng.below(3) as usize];
+                    let r = self.layout.region(region);
+                    let mut path = self.nodes[i].path.lock().expect("single-threaded");
+                    path.eio_range = if path.eio_range.is_some() { None } else { Some((r.offset, r.end())) };
+                    let what = if path.eio_range.is_some() { "fails" } else { "healed" };
+                    drop(path);
+                    self.log(format!("node {id}: I/O to the {} region {what}", region.name()));
+                    self.count("region-eio");
+                }
                 _ => {
                     if self.nodes[i].core.is_none() {
-                        self.start(i);
+                        self.start_index(i);
                         self.count("restart");
                     }
                 }
@@ -411,35 +747,52 @@ impl World {
     }
 
     /// kill -9: a write in flight may land torn (a prefix of its sectors).
-    fn crash(&mut self, i: usize) {
+    fn crash_index(&mut self, i: usize) {
         let id = self.nodes[i].id;
         if let Some((_, action)) = self.nodes[i].pending.take() {
             if is_write(&action) && !self.nodes[i].lost {
                 let sectors = self.rng.below(8) as usize;
-                self.nodes[i].path.lock().unwrap().tear_after_sectors = Some(sectors);
-                let _ = perform_member(&self.nodes[i].db, action);
-                self.nodes[i].path.lock().unwrap().tear_after_sectors = None;
+                self.nodes[i].path.lock().expect("single-threaded").tear_after_sectors = Some(sectors);
+                let _ = perform_member(&self.nodes[i].db, action, self.wall());
+                self.nodes[i].path.lock().expect("single-threaded").tear_after_sectors = None;
                 self.log(format!("node {id}: crashed mid-write, {sectors} sector(s) landed"));
                 self.count("torn-write");
             }
         }
         self.nodes[i].core = None;
         self.nodes[i].inbox.clear();
+        self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: crashed (kill -9)"));
     }
 
-    fn step(&mut self) -> Check {
+    /// One step: every node in an order drawn from the seed, then time moves on.
+    pub fn step(&mut self) -> Check {
         let n = self.nodes.len();
         let offset = self.rng.below(n as u64) as usize;
         for k in 0..n {
             let i = (k + offset) % n;
             if self.healing && self.nodes[i].core.is_none() {
-                self.start(i);
+                self.start_index(i);
             }
             self.step_node(i)?;
         }
         self.check_masters()?;
-        self.t += 1 + self.rng.below(5);
+        let dt = 1 + self.rng.below(5);
+        for node in &mut self.nodes {
+            // A node asked to stop counts its running time (not frozen, not stuck on a lost disk).
+            let running = node.core.is_some() && node.frozen_until <= self.t && !(node.lost && node.pending.is_some());
+            if node.stop_asked.is_some() && running {
+                node.running_since_stop_ms += dt;
+                if node.running_since_stop_ms > STOP_BOUND_MS {
+                    let id = node.id;
+                    return fail(
+                        "bounded-stop",
+                        format!("node {id} was asked to stop and still runs after {STOP_BOUND_MS} ms"),
+                    );
+                }
+            }
+        }
+        self.t += dt;
         Ok(())
     }
 
@@ -458,7 +811,7 @@ impl World {
         };
         for note in due {
             self.answered.entry(note.key()).or_default().insert(id.0);
-            self.nodes[i].core.as_mut().unwrap().handle_reply(note.key(), false);
+            self.nodes[i].core.as_mut().expect("running").handle_reply(note.key(), false);
         }
         // An I/O in flight: complete it when due; a lost disk never completes, and the fence
         // watchdog thread ends the process at the deadline.
@@ -468,7 +821,7 @@ impl World {
                 if membership_db::planted::active(membership_db::planted::Bug::NodeDoesNotFence) {
                     return Ok(()); // its watchdog does not fence either
                 }
-                let deadline = self.nodes[i].core.as_ref().unwrap().fence_deadline();
+                let deadline = self.nodes[i].core.as_ref().expect("running").fence_deadline();
                 if deadline.is_some_and(|d| local >= d) {
                     self.nodes[i].pending = None;
                     self.end_node(
@@ -482,10 +835,11 @@ impl World {
             if *at > self.t {
                 return Ok(());
             }
-            let (_, action) = self.nodes[i].pending.take().unwrap();
+            let (_, action) = self.nodes[i].pending.take().expect("checked");
             self.complete(i, action)?;
         }
-        for _ in 0..64 {
+        // Bounded like the driver's loop: a node that wants more waits for the next step.
+        for _ in 0..layers::daemon::ACTIONS_PER_LOOP_MAX {
             let local = self.nodes[i].local(self.t);
             let Some(core) = self.nodes[i].core.as_mut() else { break };
             let Some(action) = core.poll_action(local) else { break };
@@ -493,7 +847,7 @@ impl World {
             if self.nodes[i].crash_in_next_write && is_write(&action) && !self.healing {
                 self.nodes[i].crash_in_next_write = false;
                 self.nodes[i].pending = Some((self.t, action));
-                self.crash(i);
+                self.crash_index(i);
                 self.count("crash");
                 return Ok(());
             }
@@ -514,29 +868,38 @@ impl World {
         let id = self.nodes[i].id;
         self.nodes[i].core = None;
         self.nodes[i].inbox.clear();
+        self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: {how}: {exit:?}"));
         self.count(match exit {
             MemberExit::Node(Exit::Stopped) => "left",
+            MemberExit::StoppedWithoutLeave(_) => "stopped-without-leave",
             MemberExit::Node(Exit::Fenced(_)) => "fenced",
             MemberExit::ForcedOut(_) => "forced-out",
             _ => "refused",
         });
+        self.nodes[i].exits.push(exit);
     }
 
     /// Performs an action's I/O and hands the result to the node.
     fn complete(&mut self, i: usize, action: Action) -> Check {
         let id = self.nodes[i].id;
-        if let Action::WriteClusterState(s) = &action {
-            self.check_late_state_write(id, s)?;
-        }
+        let late = match &action {
+            Action::WriteClusterState(s) if s.epoch + 1 < self.masters.newest_epoch() => Some(s.epoch),
+            _ => None,
+        };
+        let newest_before = late.map(|_| self.newest_state_on_disk());
+        self.count_io(i, &action)?;
         self.outcome.actions += 1;
-        let completion = perform_member(&self.nodes[i].db, action);
+        let completion = perform_member(&self.nodes[i].db, action, self.wall());
+        if let (Some(epoch), Some(before)) = (late, newest_before) {
+            self.check_late_state_write(id, epoch, before)?;
+        }
         let local = self.nodes[i].local(self.t);
         let Some(core) = self.nodes[i].core.as_mut() else { return Ok(()) };
         core.handle_completion(local, completion);
         self.nodes[i].incarnation = core.node().incarnation();
         let mut events = Vec::new();
-        while let Some(e) = self.nodes[i].core.as_mut().unwrap().poll_event() {
+        while let Some(e) = self.nodes[i].core.as_mut().expect("running").poll_event() {
             events.push(e);
         }
         for e in events {
@@ -547,7 +910,7 @@ impl World {
                 self.log(format!("node {id}: {e}"));
             }
         }
-        while let Some(note) = self.nodes[i].core.as_mut().unwrap().poll_notification() {
+        while let Some(note) = self.nodes[i].core.as_mut().expect("running").poll_notification() {
             self.check_notification(i, &note)?;
             self.notified.entry(note.key()).or_default().insert(id.0);
             self.log(format!(
@@ -560,6 +923,31 @@ impl World {
             self.nodes[i].inbox.push((self.t + delay, note));
         }
         self.check_masters()
+    }
+
+    /// Counts a node's I/O: its budget per heartbeat interval (a node must never spin on a
+    /// failing I/O), and its reads and writes for the idle check.
+    fn count_io(&mut self, i: usize, action: &Action) -> Check {
+        let budget = io_budget(self.config.nodes);
+        let node = &mut self.nodes[i];
+        if is_write(action) {
+            node.writes += 1;
+        } else {
+            node.reads += 1;
+        }
+        let interval = TIMING.heartbeat_ms as Millis;
+        if self.t >= node.window.0 + interval {
+            node.window = (self.t, 0);
+        }
+        node.window.1 += 1;
+        if node.window.1 > budget {
+            let id = node.id;
+            return fail(
+                "io-budget",
+                format!("node {id} issued more than {budget} I/Os in one heartbeat interval (last: {action:?})"),
+            );
+        }
+        Ok(())
     }
 
     // --- invariants (DESIGN section 8) --------------------------------------------------------
@@ -580,22 +968,15 @@ impl World {
     /// Invariant 1: at most one acting master at any instant, one master per epoch ever.
     fn check_masters(&mut self) -> Check {
         let acting = self.acting_masters();
-        if acting.len() > 1 {
-            return fail("one-acting-master", format!("nodes acting as master at once: {acting:?}"));
-        }
-        for (node, epoch) in acting {
-            match self.masters.get(&epoch) {
-                Some(m) if *m != node => {
-                    return fail("one-master-per-epoch", format!("epoch {epoch} has masters {m} and {node}"));
-                }
-                Some(_) => {}
-                None => {
-                    self.masters.insert(epoch, node);
+        match self.masters.check(&acting) {
+            Ok(new) => {
+                for (node, epoch) in new {
                     self.log(format!("node {node}: acting master of epoch {epoch}"));
                 }
+                Ok(())
             }
+            Err(v) => fail(v.invariant, v.detail),
         }
-        Ok(())
     }
 
     /// Invariant 3: cluster-wide records are written only by the acting master, in its epoch.
@@ -616,14 +997,26 @@ impl World {
         Ok(())
     }
 
-    /// A write issued by a master may land late (slow I/O); it must never land on a successor
-    /// more than one epoch on (the copies are separated by epoch parity only).
-    fn check_late_state_write(&self, id: NodeId, s: &ClusterState) -> Check {
-        let newest = self.masters.keys().max().copied().unwrap_or(0);
-        if s.epoch + 1 < newest {
+    fn newest_state_on_disk(&self) -> (u64, u64) {
+        self.observer.read_cluster_state().ok().flatten().map_or((0, 0), |s| (s.epoch, s.seq))
+    }
+
+    /// A write issued by a master may land late (a frozen VM's I/O lands when it resumes, epochs
+    /// later). Epoch parity keeps it off its successor's copies only; two epochs on it lands on
+    /// the current master's, and it must not destroy the newest state there (the state is
+    /// written to both copies of its parity, so one survives).
+    fn check_late_state_write(&mut self, id: NodeId, epoch: u64, before: (u64, u64)) -> Check {
+        self.log(format!(
+            "node {id}'s cluster state of epoch {epoch} landed late, in epoch {}",
+            self.masters.newest_epoch()
+        ));
+        let after = self.newest_state_on_disk();
+        if after < before {
             return fail(
                 "cluster-state-writer",
-                format!("node {id}'s cluster state of epoch {} landed in epoch {newest}", s.epoch),
+                format!(
+                    "node {id}'s late write of epoch {epoch} destroyed the newest state {before:?} (now {after:?})"
+                ),
             );
         }
         Ok(())
@@ -632,13 +1025,15 @@ impl World {
     /// Invariant 2: on each node, a transition's positions come in order, each once; and a
     /// position is notified only after every node notified of the previous one answered it
     /// (or was dropped from the transition by being forced out or leaving).
-    fn check_notification(&self, i: usize, n: &Notification) -> Check {
+    fn check_notification(&mut self, i: usize, n: &Notification) -> Check {
         let node = self.nodes[i].id;
-        let Some(state) = self.cluster_state() else { return Ok(()) };
-        let upper = state.transitions.iter().find(|t| t.id == n.transition).and_then(|t| t.upper);
+        let Some(state) = self.nodes[i].core.as_ref().and_then(|c| c.cluster_state().cloned()) else { return Ok(()) };
+        let transition = state.transitions.iter().find(|t| t.id == n.transition);
+        let upper = transition.and_then(|t| t.upper);
         let seq = steps::sequence(&state.layers, n.kind, upper);
         let Some(at) = seq.iter().position(|p| *p == n.position) else { return Ok(()) };
-        if let Some(last) = self.nodes[i].delivered.get(&n.transition).and_then(|v| v.last()) {
+        let delivered = self.nodes[i].delivered.entry(n.transition).or_default();
+        if let Some(last) = delivered.last() {
             let last_at = seq.iter().position(|p| p == last);
             if last_at.is_some_and(|l| l >= at) {
                 return fail(
@@ -647,16 +1042,17 @@ impl World {
                 );
             }
         }
+        delivered.push(n.position);
         if at == 0 {
             return Ok(());
         }
         let prev = (n.transition, seq[at - 1]);
-        let participants = state.transitions.iter().find(|t| t.id == n.transition).map_or(0, |t| t.participants);
+        let participants = transition.map_or(NodeSet::EMPTY, |t| t.participants);
         let notified = self.notified.get(&prev).cloned().unwrap_or_default();
         let answered = self.answered.get(&prev).cloned().unwrap_or_default();
         for waiting in notified.difference(&answered) {
             let w = NodeId(*waiting);
-            let dropped = participants & (1u128 << w.index()) == 0;
+            let dropped = !participants.contains(w);
             let alive = self.nodes[w.index()].core.is_some();
             if alive && !dropped {
                 return fail(

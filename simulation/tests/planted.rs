@@ -23,7 +23,10 @@ fn assert_caught(bug: Bug, invariants: &[&str]) {
     plant(Some(bug));
     let again = run(&Config::for_seed(v.seed)).expect_err("the seed replays");
     plant(None);
-    assert_eq!((again.invariant, again.at_ms, again.trace.len()), (v.invariant, v.at_ms, v.trace.len()));
+    assert_eq!(
+        (again.invariant, again.at_ms, &again.detail, &again.trace),
+        (v.invariant, v.at_ms, &v.detail, &v.trace)
+    );
     eprintln!("{bug:?}: caught at seed {} as {} at t={} ms", v.seed, v.invariant, v.at_ms);
 }
 
