@@ -148,17 +148,36 @@ fn crc32_matches_the_disk_format() {
     assert_eq!(crc32(&rec[..508]).to_le_bytes(), rec[508..512]);
 }
 
+/// The format version this sdc writes, as `inspect` reports it.
+fn format_version(disk: &Path) -> u16 {
+    json_of(&sdc(["inspect", "--disk", s(disk), "--json"]))["superblock"]["format_version"].as_u64().unwrap() as u16
+}
+
 #[test]
 fn newer_format_version() {
     let (_dir, disk) = small_cluster();
-    make_newer_format(&disk, 2);
-    assert_every_command_refused(&disk, &["newer", "version 2"]);
+    let newer = format_version(&disk) + 1;
+    make_newer_format(&disk, newer);
+    assert_every_command_refused(&disk, &["newer", &format!("version {newer}")]);
     let d = s(&disk);
     let out = refused_unchanged(&disk, &["inspect", "--disk", d]);
     assert_error(&out, 1, &["newer"]);
     // format will not overwrite it without --force.
     let out = refused_unchanged(&disk, &["format", "--disk", d, "--cluster", "other", "--max-nodes", "4"]);
     assert_error(&out, 1, &["newer", "--force"]);
+}
+
+/// A disk formatted by an older sdc is refused with the way forward, never misread.
+#[test]
+fn older_format_version() {
+    let (_dir, disk) = small_cluster();
+    let older = format_version(&disk) - 1;
+    make_newer_format(&disk, older);
+    assert_every_command_refused(&disk, &["older", &format!("version {older}"), "--force"]);
+    let d = s(&disk);
+    let out = refused_unchanged(&disk, &["format", "--disk", d, "--cluster", "other", "--max-nodes", "4"]);
+    assert_error(&out, 1, &["older", "--force"]);
+    assert_ok(&sdc(["format", "--disk", d, "--cluster", "other", "--max-nodes", "4", "--force"]));
 }
 
 #[test]
@@ -355,7 +374,7 @@ fn format_bad_arguments() {
     let cases: [(&[&str], &[&str]); 4] = [
         (&["--cluster", "bad name"], &["cluster name"]),
         (&["--cluster", "c", "--max-nodes", "0"], &["max-nodes", "out of range"]),
-        (&["--cluster", "c", "--max-nodes", "129"], &["max-nodes", "out of range"]),
+        (&["--cluster", "c", "--max-nodes", "257"], &["max-nodes", "out of range"]),
         (&["--cluster", "c", "--size", "lots"], &["invalid size"]),
     ];
     for (extra, needles) in cases {

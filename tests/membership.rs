@@ -31,11 +31,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The rehearsal layers every node registers.
 const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
 
-/// Stride of a node's request and acknowledgement records in the node-slots region (a 2048-byte
-/// record: `NODE_RECORD_BYTES`, larger than a 512-byte slot): two request copies per node, then
-/// every node's two acknowledgement copies.
-const NODE_RECORD_STRIDE: u64 = 2048;
-
 // -------------------------------------------------------------------------------------------
 // Rehearsal-layer log lines
 
@@ -283,15 +278,15 @@ impl Mc {
     fn own_records(&self, node: u16) -> Vec<(u64, Vec<u8>)> {
         let v = self.inspect();
         let slot = v["superblock"]["slot_bytes"].as_u64().expect("slot_bytes");
-        let max_nodes = v["superblock"]["max_nodes"].as_u64().expect("max_nodes");
         let n = node as u64;
-        let (slots, _) = region(&v, "node-slots");
+        // Request and acknowledgement copies are consecutive records of one size.
+        let record = record_offset(&v, "requests", n, Some(1)) - record_offset(&v, "requests", n, Some(0));
         let mut ranges = vec![
             (record_offset(&v, "heartbeats", n, None), slot),
             (record_offset(&v, "claims", n, Some(0)), slot),
             (record_offset(&v, "claims", n, Some(1)), slot),
-            (slots + (n - 1) * 2 * NODE_RECORD_STRIDE, 2 * NODE_RECORD_STRIDE),
-            (slots + (max_nodes + n - 1) * 2 * NODE_RECORD_STRIDE, 2 * NODE_RECORD_STRIDE),
+            (record_offset(&v, "requests", n, Some(0)), 2 * record),
+            (record_offset(&v, "acks", n, Some(0)), 2 * record),
         ];
         ranges.sort();
         ranges.into_iter().map(|(off, len)| (off, read_at(&self.c.disk, off, len as usize))).collect()

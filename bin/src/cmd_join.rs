@@ -10,7 +10,7 @@ use layers::member::{refusal_text_named, MemberEvent, MemberExit};
 use layers::participant::SelfState;
 use membership_db::daemon::fence_line;
 use membership_db::error::CorruptRecord;
-use membership_db::format::{newest, Barriers, MemberState, NodeEntry, TableView, HOST_BYTES_MAX};
+use membership_db::format::{newest, Barriers, HostName, MemberState, NodeEntry, TableView};
 use membership_db::node::{Exit, NodeConfig, Refusal};
 use membership_db::status::read_copies;
 use membership_db::time::unix_ms;
@@ -23,11 +23,7 @@ fn host_name() -> String {
         return String::new();
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let mut name = String::from_utf8_lossy(&buf[..end]).into_owned();
-    while name.len() > HOST_BYTES_MAX {
-        name.pop();
-    }
-    name
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Parses `NAME:ORDER[:JOIN/LEAVE/FORCED]`.
@@ -112,7 +108,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         table_generation: stamp.as_ref().map_or(0, |s| s.table_generation),
         incarnation_floor,
         pid: std::process::id(),
-        host: host_name(),
+        host: HostName::new(&host_name()),
     };
     let prefix = format!("sdc[{} node {node} {}]", sb.cluster_name, entry.name);
     let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));

@@ -146,6 +146,10 @@ pub struct OwnRecords {
 impl OwnRecords {
     /// A leave asked for while no daemon honoured it.
     pub fn pending_leave(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if membership_db::planted::active(membership_db::planted::Bug::ForgetPendingLeave) {
+            return false;
+        }
         self.leave_requests > self.leave_requests_seen
     }
 }
@@ -612,6 +616,10 @@ impl MemberCore {
         let p = self.participating();
         p.write_backoff_ms = (p.write_backoff_ms * 2).clamp(quarter, max);
         p.write_retry_at = now + p.write_backoff_ms;
+        #[cfg(feature = "planted-bugs")]
+        if membership_db::planted::active(membership_db::planted::Bug::RetryWriteAtOnce) {
+            p.write_retry_at = now;
+        }
         if let Some(m) = p.master.as_mut() {
             m.dirty = true;
         }

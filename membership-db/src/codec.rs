@@ -178,6 +178,15 @@ impl<'a> Decoder<'a> {
         let len = self.u16()? as usize;
         self.text_body(len, capacity, field)
     }
+    /// A string in a fixed field, borrowed from the record (no allocation).
+    pub(crate) fn text_ref(&mut self, capacity: usize, field: &str) -> Result<&'a str, CorruptRecord> {
+        let len = self.u8()? as usize;
+        let raw = self.bytes(capacity)?;
+        if len > capacity {
+            return Err(self.invalid(format!("{field} length {len} exceeds {capacity}")));
+        }
+        std::str::from_utf8(&raw[..len]).map_err(|_| self.invalid(format!("{field} is not UTF-8")))
+    }
     fn text_body(&mut self, len: usize, capacity: usize, field: &str) -> Result<String, CorruptRecord> {
         let raw = self.bytes(capacity)?;
         if len > capacity {

@@ -57,13 +57,13 @@ impl Liveness {
         Liveness { dead_ms: dead_ms as Millis, nodes: vec![None; max_nodes as usize] }
     }
 
-    /// Feeds one read of the heartbeat region. An unreadable record changes nothing: a node
-    /// whose record stays unreadable for `dead_ms` becomes dead.
-    pub fn observe(&mut self, now: Millis, heartbeats: &[Result<Heartbeat, CorruptRecord>]) {
-        for (i, hb) in heartbeats.iter().enumerate().take(self.nodes.len()) {
+    /// Feeds one read of the heartbeat region (of nodes 1 to its length). An unreadable record
+    /// changes nothing: a node whose record stays unreadable for `dead_ms` becomes dead.
+    pub fn observe(&mut self, now: Millis, heartbeats: Vec<Result<Heartbeat, CorruptRecord>>) {
+        for (i, hb) in heartbeats.into_iter().enumerate().take(self.nodes.len()) {
             let slot = &mut self.nodes[i];
             match (slot.as_mut(), hb) {
-                (None, Ok(hb)) => *slot = Some(Observed { last: Some(hb.clone()), since: now, changed: false }),
+                (None, Ok(hb)) => *slot = Some(Observed { last: Some(hb), since: now, changed: false }),
                 (None, Err(_)) => *slot = Some(Observed { last: None, since: now, changed: false }),
                 (Some(obs), Ok(hb)) => {
                     let moved = obs
@@ -74,7 +74,7 @@ impl Liveness {
                         obs.changed = obs.last.is_some();
                         obs.since = now;
                     }
-                    obs.last = Some(hb.clone());
+                    obs.last = Some(hb);
                 }
                 (Some(_), Err(_)) => {}
             }
@@ -117,9 +117,9 @@ mod tests {
     #[test]
     fn moving_heartbeat_is_live_and_still_one_dies_after_dead_ms() {
         let mut l = Liveness::new(2, 1000);
-        l.observe(0, &[hb(1, 1, HeartbeatState::Up), hb(2, 7, HeartbeatState::Up)]);
+        l.observe(0, vec![hb(1, 1, HeartbeatState::Up), hb(2, 7, HeartbeatState::Up)]);
         assert_eq!(l.judge(0, NodeId(1)), NodeLiveness::Unknown);
-        l.observe(100, &[hb(1, 2, HeartbeatState::Up), hb(2, 7, HeartbeatState::Up)]);
+        l.observe(100, vec![hb(1, 2, HeartbeatState::Up), hb(2, 7, HeartbeatState::Up)]);
         assert_eq!(l.judge(100, NodeId(1)), NodeLiveness::Live);
         assert_eq!(l.judge(999, NodeId(2)), NodeLiveness::Unknown);
         assert_eq!(l.judge(1000, NodeId(2)), NodeLiveness::Dead);
@@ -130,24 +130,24 @@ mod tests {
     #[test]
     fn clean_stop_is_not_running_at_once() {
         let mut l = Liveness::new(1, 1000);
-        l.observe(0, &[hb(1, 1, HeartbeatState::Up)]);
-        l.observe(10, &[hb(1, 2, HeartbeatState::Down)]);
+        l.observe(0, vec![hb(1, 1, HeartbeatState::Up)]);
+        l.observe(10, vec![hb(1, 2, HeartbeatState::Down)]);
         assert_eq!(l.judge(10, NodeId(1)), NodeLiveness::NotRunning);
     }
 
     #[test]
     fn unreadable_record_keeps_the_clock_running() {
         let mut l = Liveness::new(1, 1000);
-        l.observe(0, &[hb(1, 1, HeartbeatState::Up)]);
-        l.observe(50, &[hb(1, 2, HeartbeatState::Up)]);
+        l.observe(0, vec![hb(1, 1, HeartbeatState::Up)]);
+        l.observe(50, vec![hb(1, 2, HeartbeatState::Up)]);
         let bad = Err(CorruptRecord {
             kind: crate::error::RecordKind::Heartbeat,
             offset: 0,
             problem: crate::error::Problem::Blank,
         });
-        l.observe(500, std::slice::from_ref(&bad));
+        l.observe(500, vec![bad.clone()]);
         assert_eq!(l.judge(500, NodeId(1)), NodeLiveness::Live);
-        l.observe(1050, &[bad]);
+        l.observe(1050, vec![bad]);
         assert_eq!(l.judge(1050, NodeId(1)), NodeLiveness::Dead);
     }
 }

@@ -14,6 +14,15 @@ pub enum Bug {
     SequencerAdvancesEarly,
     /// A node whose heartbeat writes fail (or which wakes from a freeze) does not fence itself.
     NodeDoesNotFence,
+    /// A failed membership write is retried at once (issue 7: a node whose record region fails
+    /// spins and cannot be stopped).
+    RetryWriteAtOnce,
+    /// A damaged claim block is unreadable whoever owns it (issue 7: a damaged block of a node
+    /// that is not running stops every election, forever).
+    DamagedBlockBlocksElections,
+    /// A daemon starts from the node table's leave count as if it were honoured (issue 7: an
+    /// `sdc leave` issued while the daemon restarts is lost).
+    ForgetPendingLeave,
 }
 
 thread_local! {

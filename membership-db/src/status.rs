@@ -231,7 +231,7 @@ impl ClusterStatus {
                 address: entry.map_or_else(String::new, |e| e.address.clone()),
                 heartbeat_state: hb.map(|h| h.state),
                 incarnation: ran.map(|h| h.incarnation),
-                host: ran.map(|h| h.host.clone()),
+                host: ran.map(|h| h.host.to_string()),
                 pid: ran.map(|h| h.pid),
             });
         }

@@ -33,6 +33,21 @@ pub struct Summary {
     pub converged_ms_max: u64,
 }
 
+impl Summary {
+    /// Adds another range's results to this one.
+    pub fn add(&mut self, other: Summary) {
+        self.seeds += other.seeds;
+        self.failed.extend(other.failed);
+        self.virtual_ms += other.virtual_ms;
+        self.actions += other.actions;
+        self.transitions += other.transitions;
+        for (k, v) in other.faults {
+            *self.faults.entry(k).or_default() += v;
+        }
+        self.converged_ms_max = self.converged_ms_max.max(other.converged_ms_max);
+    }
+}
+
 /// Runs seeds `first..first + count`; `progress` sees each outcome.
 pub fn run_seeds(
     first: u64,

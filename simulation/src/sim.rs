@@ -59,6 +59,9 @@ pub struct Config {
     pub fault_rate: u64,
     /// Master-eligible nodes.
     pub eligible: NodeSet,
+    /// Node slots beyond `nodes`: in the node table, never started (a configured node that is
+    /// down), so that damage to records of a node that cannot run is tried too.
+    pub spare_slots: u16,
 }
 
 impl Config {
@@ -78,8 +81,14 @@ impl Config {
             fault_ms: 8_000,
             liveness_bound_ms: 4 * TIMING.dead_ms as Millis + 6_000 + nodes as Millis * 20,
             fault_rate: if nodes > 32 { 2 } else { 8 },
-            eligible: NodeSet::all(nodes),
+            eligible: NodeSet::all(nodes.saturating_add(1).min(NODES_MAX)),
+            spare_slots: if nodes < NODES_MAX { 1 } else { 0 },
         }
+    }
+
+    /// Node slots on the disk: the running nodes and the spare ones.
+    pub fn max_nodes(&self) -> u16 {
+        self.nodes + self.spare_slots
     }
 
     /// No random faults: for scripted scenarios.
@@ -89,7 +98,7 @@ impl Config {
 
     fn with_nodes(mut self, nodes: u16) -> Config {
         self.nodes = nodes;
-        self.eligible = NodeSet::all(nodes);
+        self.eligible = NodeSet::all(nodes + self.spare_slots);
         self
     }
 }
@@ -189,8 +198,10 @@ pub struct World {
     healing: bool,
     /// The checker's and the operator's own, fault-free path to the disk.
     observer: MembershipDb,
-    /// What the operator's node table holds.
+    /// What the operator's node table holds (every slot, spare ones too).
     table: Vec<NodeEntry>,
+    /// `sdc leave` requests not yet honoured by a daemon, per node.
+    owed_leaves: Vec<bool>,
     /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
     echo: bool,
 }
@@ -211,11 +222,12 @@ pub fn run(config: &Config) -> Result<Outcome, Violation> {
 
 impl World {
     pub fn new(config: Config) -> World {
-        let layout = Layout::new(config.nodes, SECTOR_BYTES as u32);
+        let config_nodes = config.nodes as usize;
+        let layout = Layout::new(config.max_nodes(), SECTOR_BYTES as u32);
         let disk = SharedDisk::new(layout.end());
         let params = FormatParams {
             cluster_name: "sim".into(),
-            max_nodes: config.nodes,
+            max_nodes: config.max_nodes(),
             timing: TIMING,
             cluster_uuid: [7; 16],
             now_unix_ms: WALL_EPOCH_MS,
@@ -223,7 +235,7 @@ impl World {
         let setup = Arc::new(Mutex::new(PathFaults::default()));
         let observer =
             MembershipDb::format(Box::new(NodePath::new(&disk, setup)), &params).expect("format the simulated disk");
-        let table: Vec<NodeEntry> = NodeId::all(config.nodes)
+        let table: Vec<NodeEntry> = NodeId::all(config.max_nodes())
             .map(|id| NodeEntry {
                 present: true,
                 master_eligible: config.eligible.contains(id),
@@ -280,6 +292,7 @@ impl World {
             healing: false,
             observer,
             table,
+            owed_leaves: vec![false; config_nodes],
             echo: std::env::var_os("SIM_TRACE").is_some(),
         };
         for i in 0..w.nodes.len() {
@@ -343,6 +356,7 @@ impl World {
         self.table[i] = NodeEntry { seq, leave_requests: self.table[i].leave_requests + 1, ..self.table[i].clone() };
         self.observer.write_node_entry(&self.table[i]).expect("observer writes");
         self.observer.bump_table_generation(self.wall()).expect("observer writes");
+        self.owed_leaves[i] = true;
         if self.nodes[i].core.is_some() {
             self.nodes[i].stop_asked.get_or_insert(self.t);
         }
@@ -424,6 +438,10 @@ impl World {
             self.step()?;
         }
         self.outcome.converged_ms = self.t - healed_at;
+        if let Some(i) = self.owed_leaves.iter().position(|owed| *owed) {
+            let node = NodeId::from_index(i);
+            return fail("lost-leave", format!("node {node} joined again without honouring the sdc leave asked of it"));
+        }
         self.check_idle_io()
     }
 
@@ -499,7 +517,6 @@ impl World {
     }
 
     fn start_index(&mut self, i: usize) {
-        let n = self.config.nodes;
         let id = self.nodes[i].id;
         // As `sdc join` does: read the node table, the stamp and the node's own records; a
         // daemon that cannot read them does not start (and is started again later).
@@ -520,7 +537,7 @@ impl World {
         };
         let config = NodeConfig {
             node: id,
-            max_nodes: n,
+            max_nodes: self.config.max_nodes(),
             timing: TIMING,
             cluster_uuid: [7; 16],
             table: TableView::of(&table),
@@ -653,7 +670,7 @@ impl World {
     /// Damages one record at rest: a heartbeat, a claim copy, a request or acknowledgement
     /// copy, a cluster state copy, a node table copy or the config stamp.
     fn damage_random_record(&mut self) {
-        let node = NodeId::from_index(self.rng.below(self.config.nodes as u64) as usize);
+        let node = NodeId::from_index(self.rng.below(self.config.max_nodes() as u64) as usize);
         let copy = self.rng.below(2) as usize;
         let slot = self.layout.slot_bytes as usize;
         let (what, offset, len) = match self.rng.below(7) {
@@ -777,6 +794,14 @@ impl World {
             self.step_node(i)?;
         }
         self.check_masters()?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            // Honoured: the daemon counts the request as seen, and leaves (or has stopped).
+            if let Some(c) = node.core.as_ref() {
+                if c.leave_requests_seen() >= self.table[i].leave_requests && (c.wants_leave() || c.exit().is_some()) {
+                    self.owed_leaves[i] = false;
+                }
+            }
+        }
         let dt = 1 + self.rng.below(5);
         for node in &mut self.nodes {
             // A node asked to stop counts its running time (not frozen, not stuck on a lost disk).
@@ -870,6 +895,9 @@ impl World {
         self.nodes[i].inbox.clear();
         self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: {how}: {exit:?}"));
+        if matches!(exit, MemberExit::Node(Exit::Stopped) | MemberExit::StoppedWithoutLeave(_)) {
+            self.owed_leaves[i] = false;
+        }
         self.count(match exit {
             MemberExit::Node(Exit::Stopped) => "left",
             MemberExit::StoppedWithoutLeave(_) => "stopped-without-leave",

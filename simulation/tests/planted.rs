@@ -46,6 +46,21 @@ fn node_that_does_not_fence_itself_is_caught() {
 }
 
 #[test]
+fn membership_write_retried_at_once_is_caught() {
+    assert_caught(Bug::RetryWriteAtOnce, &["io-budget"]);
+}
+
+#[test]
+fn damaged_claim_block_that_blocks_elections_is_caught() {
+    assert_caught(Bug::DamagedBlockBlocksElections, &["liveness"]);
+}
+
+#[test]
+fn leave_forgotten_across_a_restart_is_caught() {
+    assert_caught(Bug::ForgetPendingLeave, &["lost-leave"]);
+}
+
+#[test]
 fn without_a_planted_bug_the_same_seeds_pass() {
     plant(None);
     for seed in 0..50 {

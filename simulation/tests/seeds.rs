@@ -3,12 +3,24 @@
 /// Seeds run by `cargo test` (the soak is `sdc sim --seeds N` with a larger N).
 pub const CI_SEEDS: u64 = 2000;
 
-/// Runs `count` seeds on two threads (the seeds are independent; each is deterministic).
+/// Runs `count` seeds on two threads, seeds taken in turn from one counter so that a large
+/// cluster's long seed does not hold one thread while the other idles (each seed is
+/// deterministic, whichever thread runs it).
 fn run_parallel(count: u64) -> Vec<simulation::Summary> {
-    let half = count / 2;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let work = || {
+        let mut total = simulation::Summary::default();
+        loop {
+            let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if seed >= count {
+                return total;
+            }
+            total.add(simulation::run_seeds(seed, 1, &mut |_, _| {}));
+        }
+    };
     std::thread::scope(|s| {
-        let a = s.spawn(|| simulation::run_seeds(0, half, &mut |_, _| {}));
-        let b = s.spawn(|| simulation::run_seeds(half, count - half, &mut |_, _| {}));
+        let a = s.spawn(work);
+        let b = s.spawn(work);
         vec![a.join().unwrap(), b.join().unwrap()]
     })
 }

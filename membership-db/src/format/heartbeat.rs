@@ -50,6 +50,60 @@ impl StateRef {
     }
 }
 
+/// A host name kept in a heartbeat: at most [`HOST_BYTES_MAX`] bytes, held inline (a node
+/// decodes every heartbeat every interval; nothing in them allocates).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostName {
+    len: u8,
+    bytes: [u8; HOST_BYTES_MAX],
+}
+
+impl HostName {
+    pub const EMPTY: HostName = HostName { len: 0, bytes: [0; HOST_BYTES_MAX] };
+
+    /// `name`, cut at a character boundary to fit.
+    pub fn new(name: &str) -> HostName {
+        let mut end = name.len().min(HOST_BYTES_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut h = HostName { len: end as u8, ..HostName::EMPTY };
+        h.bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        h
+    }
+    pub fn as_str(&self) -> &str {
+        // Built from a &str or checked as UTF-8 when decoded, and cut at a char boundary.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("host names are UTF-8")
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl From<&str> for HostName {
+    fn from(s: &str) -> HostName {
+        HostName::new(s)
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for HostName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Flags of a heartbeat.
 pub mod heartbeat_flags {
     /// The cluster state the master advertises could not be read here (damaged or torn): the
@@ -87,7 +141,7 @@ pub struct Heartbeat {
     /// The writer's wall clock, for display only: decisions never use it.
     pub written_unix_ms: u64,
     pub pid: u32,
-    pub host: String,
+    pub host: HostName,
 }
 
 impl Heartbeat {
@@ -107,7 +161,7 @@ impl Heartbeat {
             table_generation: 0,
             written_unix_ms: 0,
             pid: 0,
-            host: String::new(),
+            host: HostName::EMPTY,
         }
     }
 
@@ -130,7 +184,7 @@ impl Heartbeat {
         e.u64(self.table_generation);
         e.u64(self.written_unix_ms);
         e.u32(self.pid);
-        e.text(&self.host, HOST_BYTES_MAX + 1);
+        e.text(self.host.as_str(), HOST_BYTES_MAX + 1);
         e.seal();
         buf
     }
@@ -175,7 +229,13 @@ impl Heartbeat {
             table_generation: d.u64()?,
             written_unix_ms: d.u64()?,
             pid: d.u32()?,
-            host: d.text(HOST_BYTES_MAX + 1, "host")?,
+            host: {
+                let host = d.text_ref(HOST_BYTES_MAX + 1, "host")?;
+                if host.len() > HOST_BYTES_MAX {
+                    return Err(d.invalid(format!("host name of {} bytes", host.len())));
+                }
+                HostName::new(host)
+            },
         })
     }
 }

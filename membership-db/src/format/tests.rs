@@ -102,7 +102,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                     table_generation: written_unix_ms / 3,
                     written_unix_ms,
                     pid,
-                    host,
+                    host: HostName::new(&host),
                 }
             },
         )

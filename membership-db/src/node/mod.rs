@@ -55,7 +55,7 @@ pub struct NodeConfig {
     /// the new incarnation goes above it even when the heartbeat and claim slots are damaged.
     pub incarnation_floor: u64,
     pub pid: u32,
-    pub host: String,
+    pub host: HostName,
 }
 
 impl NodeConfig {
@@ -649,7 +649,7 @@ impl NodeCore {
             table_generation: self.table_generation,
             written_unix_ms: 0,
             pid: self.config.pid,
-            host: self.config.host.clone(),
+            host: self.config.host,
         }
     }
 
@@ -671,20 +671,25 @@ impl NodeCore {
         self.suspect_corrupt.extend(now_bad);
     }
 
-    /// Feeds a read of the heartbeat region to the liveness observer and the log.
-    fn observe(&mut self, now: Millis, beacons: &Beacons) {
+    /// Feeds a read of the heartbeat region to the liveness observer (which keeps the
+    /// heartbeats: [`NodeCore::heartbeat`]) and the log. Returns the config stamp and the nodes
+    /// whose heartbeat this read could decode.
+    fn observe(&mut self, now: Millis, beacons: Beacons) -> (Result<ConfigStamp, CorruptRecord>, NodeSet) {
         let stamp_err = beacons.stamp.as_ref().err();
         self.note_corrupt(
             RecordKind::Heartbeat,
             beacons.heartbeats.iter().map(|r| r.as_ref().err()).chain(std::iter::once(stamp_err)),
         );
-        self.liveness.observe(now, &beacons.heartbeats);
+        let mut readable = NodeSet::EMPTY;
         for (i, hb) in beacons.heartbeats.iter().enumerate() {
             if let Ok(hb) = hb {
+                readable.insert(NodeId::from_index(i));
                 self.acted[i] = self.acted[i].max(hb.acted_epoch).max(hb.master_epoch);
             }
         }
-        for node in NodeId::all(beacons.heartbeats.len() as u16) {
+        let through = beacons.heartbeats.len() as u16;
+        self.liveness.observe(now, beacons.heartbeats);
+        for node in NodeId::all(through) {
             if node == self.config.node {
                 continue;
             }
@@ -698,6 +703,7 @@ impl NodeCore {
                 self.event(Event::NodeGone { node, liveness: l });
             }
         }
+        (beacons.stamp, readable)
     }
 
     /// How a candidate sees each claim block (see [`BlockView`]): a block with a damaged copy
@@ -709,9 +715,13 @@ impl NodeCore {
             .enumerate()
             .map(|(i, c)| {
                 let node = NodeId::from_index(i);
+                #[cfg(feature = "planted-bugs")]
+                let planted = crate::planted::active(crate::planted::Bug::DamagedBlockBlocksElections);
+                #[cfg(not(feature = "planted-bugs"))]
+                let planted = false;
                 match c {
                     [Ok(a), Ok(b)] => BlockView::Read(if a.seq >= b.seq { a.clone() } else { b.clone() }),
-                    _ if node != self.config.node && self.liveness.judge(now, node).is_gone() => {
+                    _ if !planted && node != self.config.node && self.liveness.judge(now, node).is_gone() => {
                         BlockView::Lost { acted_through: self.acted[i] }
                     }
                     _ => BlockView::Unreadable,

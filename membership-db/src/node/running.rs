@@ -168,25 +168,27 @@ impl NodeCore {
             Ok(b) => b,
             Err(e) => return self.io_failed(e),
         };
-        self.observe(now, &beacons);
+        let through = beacons.heartbeats.len() as u16;
+        let (stamp, readable) = self.observe(now, beacons);
         let me = self.config.node;
         // Our slot must hold exactly what we last wrote; anything else is another daemon.
-        if let Ok(hb) = &beacons.heartbeats[me.index()] {
-            let last = &self.running_mut().lease.last_landed;
+        if readable.contains(me) {
+            let hb = self.liveness.heartbeat(me).expect("read just now");
+            let last = &self.running().expect("running").lease.last_landed;
             if (hb.incarnation, hb.counter) != (last.incarnation, last.counter) {
-                return self.finish(Exit::Fenced(FenceReason::SlotTaken { incarnation: hb.incarnation }));
+                let incarnation = hb.incarnation;
+                return self.finish(Exit::Fenced(FenceReason::SlotTaken { incarnation }));
             }
         }
-        self.check_stamp(&beacons.stamp);
+        self.check_stamp(&stamp);
         self.running_mut().beacon_reads += 1;
-        self.observe_masters(now, &beacons.heartbeats);
+        self.observe_masters(now, through);
         let r = self.running().expect("running");
         if let Some(epoch) = r.decided_epoch() {
-            let newer = beacons
-                .heartbeats
-                .iter()
-                .flatten()
-                .filter(|hb| hb.node != me && hb.state != HeartbeatState::Never)
+            let newer = NodeId::all(through)
+                .filter(|n| *n != me && readable.contains(*n))
+                .filter_map(|n| self.liveness.heartbeat(n))
+                .filter(|hb| hb.state != HeartbeatState::Never)
                 .map(|hb| hb.claim_epoch.max(hb.master_epoch))
                 .max()
                 .unwrap_or(0);
@@ -253,12 +255,11 @@ impl NodeCore {
         }
     }
 
-    /// Follows the highest epoch a live heartbeat says it is master of.
-    fn observe_masters(&mut self, now: Millis, heartbeats: &[Result<Heartbeat, CorruptRecord>]) {
+    /// Follows the highest epoch a live heartbeat (of nodes 1 to `through`) says it is master of.
+    fn observe_masters(&mut self, now: Millis, through: u16) {
         let me = self.config.node;
-        let best = heartbeats
-            .iter()
-            .flatten()
+        let best = NodeId::all(through)
+            .filter_map(|n| self.liveness.heartbeat(n))
             .filter(|hb| hb.node != me && hb.state == HeartbeatState::Up && hb.master_epoch > 0)
             .filter(|hb| !self.liveness.judge(now, hb.node).is_gone())
             .map(|hb| (hb.master_epoch, ClaimValue { node: hb.node, incarnation: hb.incarnation }))

@@ -58,10 +58,13 @@ impl NodeCore {
                 return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
             }
         };
-        self.observe(now, &beacons);
+        let through = beacons.heartbeats.len() as u16;
+        let (_, readable) = self.observe(now, beacons);
         let Phase::Probe(p) = &self.phase else { unreachable!("probe phase") };
         let watching = p.watching;
-        let own = beacons.heartbeats[self.config.node.index()].as_ref().ok();
+        let me = self.config.node;
+        let own = self.liveness.heartbeat(me).filter(|_| readable.contains(me)).cloned();
+        let own = own.as_ref();
         match (own, watching) {
             (Some(hb), None) if hb.state == HeartbeatState::Up => {
                 self.event(Event::WaitingForStaleSlot { incarnation: hb.incarnation });
@@ -69,7 +72,7 @@ impl NodeCore {
                 if let Phase::Probe(p) = &mut self.phase {
                     p.watching = Some(w);
                 }
-                self.try_proof(&beacons);
+                self.try_proof(through);
             }
             (Some(hb), Some(w)) if (hb.incarnation, hb.counter) != (w.incarnation, w.counter) => {
                 let host = if hb.host.is_empty() { String::new() } else { format!(" on host {}", hb.host) };
@@ -78,18 +81,16 @@ impl NodeCore {
                     self.config.node, hb.incarnation, hb.pid, host
                 ))));
             }
-            (_, Some(w)) if now < w.since + self.config.timing.dead_ms as Millis => self.try_proof(&beacons),
+            (_, Some(w)) if now < w.since + self.config.timing.dead_ms as Millis => self.try_proof(through),
             _ => self.follow_up(Action::ReadClaims, Pending::ProbeClaims),
         }
     }
 
     /// Reads the newest cluster state any heartbeat advertises, if not read already: it may
     /// show the stale slot's incarnation stopped.
-    fn try_proof(&mut self, beacons: &Beacons) {
-        let best = beacons
-            .heartbeats
-            .iter()
-            .flatten()
+    fn try_proof(&mut self, through: u16) {
+        let best = NodeId::all(through)
+            .filter_map(|n| self.liveness.heartbeat(n))
             .filter(|hb| hb.node != self.config.node && hb.state == HeartbeatState::Up)
             .map(|hb| hb.cluster_state)
             .filter(|s| !s.is_none())
@@ -199,10 +200,11 @@ impl NodeCore {
                 return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
             }
         };
-        self.observe(now, &beacons);
+        let (_, readable) = self.observe(now, beacons);
+        let me = self.config.node;
         let Phase::Acquire(a) = &self.phase else { unreachable!("acquire phase") };
         let lease = a.lease.as_ref().expect("checked after the write landed");
-        if let Ok(hb) = &beacons.heartbeats[self.config.node.index()] {
+        if let Some(hb) = self.liveness.heartbeat(me).filter(|_| readable.contains(me)) {
             if (hb.incarnation, hb.counter) != (lease.last_landed.incarnation, lease.last_landed.counter) {
                 return self.finish(Exit::Refused(Refusal::AlreadyRunning(format!(
                     "another sdc (pid {}) started on node {} at the same time",
