@@ -636,3 +636,20 @@ fn format_grows_an_existing_empty_file() {
     assert_ok(&sdc(["format", "--disk", d, "--size", DISK_SIZE, "--cluster", "c", "--max-nodes", "4"]));
     assert_ok(&sdc(["status", "--disk", d]));
 }
+
+/// The fixture reads `sdc status` again after a torn read, but a corrupt record that stays
+/// corrupt fails its check on the last read instead of passing unnoticed.
+#[test]
+fn lasting_corruption_fails_the_fixtures_status_check() {
+    let c = Cluster::new(1);
+    let (heartbeats, _) = region(&c.inspect_json(), "heartbeat");
+    flip_byte(&c.disk, heartbeats + 8);
+    let out = c.sdc(&["status", "--json"]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("corrupt"), "status should warn of the damaged record: {}", describe(&out));
+    // Caught here, so that the cluster is dropped as by a passing test (and its files removed).
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.status_json()));
+    let panic = failed.expect_err("status_json must fail while status reports corruption");
+    let message = panic.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(message.contains("reports corruption in 3 reads in a row"), "{message}");
+}

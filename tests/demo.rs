@@ -1,11 +1,17 @@
 //! `sdc demo` runs from start to end and tells the whole story: the README's first command.
 
-use std::process::Command;
+use sdc_procs::procs::Sdc;
+use std::time::{Duration, Instant};
+
+/// Far more than the demo takes (a few seconds): its every step has a deadline of its own.
+const DEMO_DEADLINE: Duration = Duration::from_secs(300);
 
 #[test]
 fn demo_runs_the_whole_story_and_cleans_up() {
     // --slow: the default timings, with room for a loaded CI machine.
-    let out = Command::new(env!("CARGO_BIN_EXE_sdc")).args(["demo", "--slow"]).output().expect("run sdc demo");
+    let out = Sdc::new(env!("CARGO_BIN_EXE_sdc"))
+        .run(["demo", "--slow"], Instant::now() + DEMO_DEADLINE)
+        .unwrap_or_else(|e| panic!("sdc demo: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sdc demo failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
@@ -20,6 +26,16 @@ fn demo_runs_the_whole_story_and_cleans_up() {
         "demo complete",
     ] {
         assert!(stdout.contains(step), "the demo did not tell {step:?}:\n{stdout}");
+    }
+    // Each rejoin says how the restarted daemon took its slot over, as its log tells.
+    let rejoins: Vec<&str> = stdout.lines().filter(|l| l.contains("rejoins with incarnation")).collect();
+    assert_eq!(rejoins.len(), 2, "{stdout}");
+    for line in rejoins {
+        assert!(
+            line.contains("taking its slot over at once (its heartbeat still showed incarnation 1 up, but the cluster state of epoch")
+                || line.contains("after watching its slot's stale heartbeat for dead-ms"),
+            "the rejoin does not say how it took its slot over: {line}"
+        );
     }
     // The temporary directory it names is gone.
     let dir = stdout

@@ -23,10 +23,12 @@
 mod common;
 
 use common::*;
+use membership_db::time::{line_ts, unix_ms};
+use sdc_procs::procs::{layer_note, LayerNote};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The rehearsal layers every node registers.
 const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
@@ -34,75 +36,12 @@ const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
 // -------------------------------------------------------------------------------------------
 // Rehearsal-layer log lines
 
-/// One notification as a rehearsal layer logged it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Note {
-    /// Unix milliseconds.
-    ts: u64,
-    layer: String,
-    kind: String,
-    subject: u16,
-    incarnation: u64,
-    /// 1-based, as logged.
-    barrier: u8,
-    of: u8,
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses `2026-11-24T05:01:02.345Z` into Unix milliseconds.
-fn parse_utc(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let days = days_from_civil(n(0..4)?, n(5..7)?, n(8..10)?);
-    let secs = days * 86_400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
-    u64::try_from(secs * 1000 + n(20..23)?).ok()
-}
-
-/// The timestamp a daemon log line starts with.
-fn line_ts(line: &str) -> Option<u64> {
-    parse_utc(line.split(' ').next()?)
-}
-
-/// Parses `<ts> sdc[..] layer dlm: join of node 3 (incarnation 1), barrier 1 of 2; view [..]`.
-fn parse_note(line: &str) -> Option<Note> {
-    let ts = line_ts(line)?;
-    let rest = &line[line.find("] layer ")? + "] layer ".len()..];
-    let (layer, rest) = rest.split_once(": ")?;
-    let (kind, rest) = rest.split_once(" of node ")?;
-    let (subject, rest) = rest.split_once(" (incarnation ")?;
-    let (incarnation, rest) = rest.split_once("), barrier ")?;
-    let (barrier, rest) = rest.split_once(" of ")?;
-    let (of, _) = rest.split_once(';')?;
-    Some(Note {
-        ts,
-        layer: layer.to_string(),
-        kind: kind.to_string(),
-        subject: subject.parse().ok()?,
-        incarnation: incarnation.parse().ok()?,
-        barrier: barrier.parse().ok()?,
-        of: of.parse().ok()?,
-    })
-}
-
 /// Every notification a log shows, in file order (which is notification order for one
 /// transition: a node is notified of the next position only after it acknowledged this one).
-fn notes(log: &str) -> Vec<Note> {
+fn notes(log: &str) -> Vec<LayerNote> {
     log.lines()
         .filter(|l| l.contains("] layer "))
-        .map(|l| parse_note(l).unwrap_or_else(|| panic!("unparsable layer line {l:?}")))
+        .map(|l| layer_note(l).unwrap_or_else(|| panic!("unparsable layer line {l:?}")))
         .collect()
 }
 
@@ -116,12 +55,13 @@ fn expected(kind: &str) -> Vec<(&'static str, u8, u8)> {
     }
 }
 
-fn of_transition<'a>(notes: &'a [Note], kind: &'a str, subject: u16, inc: u64) -> impl Iterator<Item = &'a Note> + 'a {
+fn of_transition<'a>(
+    notes: &'a [LayerNote],
+    kind: &'a str,
+    subject: u16,
+    inc: u64,
+) -> impl Iterator<Item = &'a LayerNote> + 'a {
     notes.iter().filter(move |n| n.kind == kind && n.subject == subject && n.incarnation == inc)
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
 }
 
 // -------------------------------------------------------------------------------------------
@@ -359,7 +299,7 @@ impl Mc {
                     .iter()
                     .position(|&(l, b, o)| n.layer == l && n.barrier == b && n.of == o)
                     .unwrap_or_else(|| panic!("unexpected notification {n:?} of the {kind}\n{}", self.logs()));
-                times[i] = Some(times[i].map_or((n.ts, n.ts), |(a, b)| (a.min(n.ts), b.max(n.ts))));
+                times[i] = Some(times[i].map_or((n.unix_ms, n.unix_ms), |(a, b)| (a.min(n.unix_ms), b.max(n.unix_ms))));
             }
         }
         times
@@ -451,30 +391,6 @@ fn first_ts(log: &str, needle: &str) -> Option<u64> {
 // -------------------------------------------------------------------------------------------
 // Tests
 
-#[test]
-fn utc_timestamps_parse() {
-    assert_eq!(parse_utc("1970-01-01T00:00:00.000Z"), Some(0));
-    assert_eq!(parse_utc("2026-11-18T11:06:40.123Z"), Some(1_795_000_000_123));
-    assert_eq!(parse_utc("2000-02-29T00:00:00.000Z"), Some(951_782_400_000));
-    assert_eq!(parse_utc("2000-02-29 00:00:00.000Z"), None);
-    let n = parse_note(
-        "2026-11-24T05:34:41.298Z sdc[test node 2 n2] layer dlm: join of node 3 (incarnation 1), barrier 1 of 2; view [1:joining 3:joining]",
-    )
-    .unwrap();
-    assert_eq!(
-        n,
-        Note {
-            ts: 1_795_498_481_298,
-            layer: "dlm".into(),
-            kind: "join".into(),
-            subject: 3,
-            incarnation: 1,
-            barrier: 1,
-            of: 2
-        }
-    );
-}
-
 /// Node 1 forms the cluster; nodes 2 and 3 then join together. Every member is notified of
 /// every join it takes part in, through dlm (two barriers), vdm, sfs and em, in that order, and
 /// every barrier is cluster-wide.
@@ -534,7 +450,7 @@ fn graceful_leaves_go_top_down_and_exit_0() {
     assert_ok(&out);
     assert!(stdout(&out).contains(&format!("node {a} left the cluster")), "{}", describe(&out));
     let st = mc.wait_exit(proc_of(a));
-    assert_eq!(st.code(), Some(0), "node {a} after sdc leave: {}\n{}", exit_text(&st), mc.logs());
+    assert_eq!(st.code(), Some(0), "node {a} after sdc leave: {}\n{}", exit_text(st), mc.logs());
     let log = mc.log(proc_of(a));
     assert!(log.contains("leave requested (sdc leave)") && log.contains("left the cluster"), "{log}");
     let s = mc.wait_status(&format!("node {a} is inactive and not live"), |s| {
@@ -549,7 +465,7 @@ fn graceful_leaves_go_top_down_and_exit_0() {
     // SIGTERM
     mc.signal(proc_of(b), libc::SIGTERM);
     let st = mc.wait_exit(proc_of(b));
-    assert_eq!(st.code(), Some(0), "node {b} after SIGTERM: {}\n{}", exit_text(&st), mc.logs());
+    assert_eq!(st.code(), Some(0), "node {b} after SIGTERM: {}\n{}", exit_text(st), mc.logs());
     assert!(mc.log(proc_of(b)).contains("leave requested (signal)"), "{}", mc.log(proc_of(b)));
     let s = mc.wait_status(&format!("node {b} is inactive and not live"), |s| {
         state(s, b) == "inactive" && !is_live(s, b) && idle(s)
@@ -564,7 +480,7 @@ fn graceful_leaves_go_top_down_and_exit_0() {
     // SIGINT of the last member, the master
     mc.signal(proc_of(m), libc::SIGINT);
     let st = mc.wait_exit(proc_of(m));
-    assert_eq!(st.code(), Some(0), "master {m} after SIGINT: {}\n{}", exit_text(&st), mc.logs());
+    assert_eq!(st.code(), Some(0), "master {m} after SIGINT: {}\n{}", exit_text(st), mc.logs());
     let observers = mc.assert_transition("leave", m, 1);
     assert_eq!(observers, vec![proc_of(m)], "{}", mc.logs());
     let s = mc.status();
@@ -621,13 +537,13 @@ fn frozen_member_forced_out_writes_nothing_when_it_resumes() {
     mc.assert_running(px);
     let before = mc.own_records(x);
     let log_len = mc.log(px).len();
-    let resumed_at = now_unix_ms();
+    let resumed_at = unix_ms();
     mc.signal(px, libc::SIGCONT);
     let st = mc.wait_exit(px);
     assert!(
         matches!(st.code(), Some(5) | Some(6)),
         "the resumed node {x} must exit fenced (5) or forced out (6): {}\n{}",
-        exit_text(&st),
+        exit_text(st),
         mc.logs()
     );
     if st.code() == Some(5) {
@@ -680,7 +596,7 @@ fn new_master_completes_a_join_in_flight_and_forces_the_old_one_out() {
     let needle = "layer dlm: join of node 4 (incarnation 1), barrier 1 of 2";
     mc.wait_log_tight(p4, needle);
     mc.kill9(pm);
-    let killed_at = now_unix_ms();
+    let killed_at = unix_ms();
 
     let s = mc.wait_status(&format!("a new master after {m}, node {m} forced out, node 4 joined"), |s| {
         master(s).is_some_and(|n| n != m)
@@ -812,7 +728,7 @@ fn a_leave_and_a_join_at_once_both_complete() {
     mc.wait_log_tight(p4, "running as incarnation 1");
     mc.signal(px, libc::SIGTERM);
     let st = mc.wait_exit(px);
-    assert_eq!(st.code(), Some(0), "node {x} after SIGTERM: {}\n{}", exit_text(&st), mc.logs());
+    assert_eq!(st.code(), Some(0), "node {x} after SIGTERM: {}\n{}", exit_text(st), mc.logs());
 
     let s = mc.wait_status(&format!("node {x} inactive, node 4 joined, nothing in flight"), |s| {
         state(s, x) == "inactive" && !is_live(s, x) && state(s, 4) == "joined" && is_live(s, 4) && idle(s)
@@ -841,7 +757,7 @@ fn barrier_count_mismatch_is_refused_naming_the_layer() {
     let p4 = mc.start_with(4, &["dlm:10:1/1/1", "vdm:20", "sfs:30", "em:40"]);
     let st = mc.wait_exit(p4);
     let log = mc.log(p4);
-    assert_eq!(st.code(), Some(1), "mismatched join: {}\n{log}", exit_text(&st));
+    assert_eq!(st.code(), Some(1), "mismatched join: {}\n{log}", exit_text(st));
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("sdc: error:")).collect();
     assert_eq!(errors.len(), 1, "one error line: {log}");
     assert_eq!(log.lines().last(), Some(errors[0]), "the error is the last line: {log}");

@@ -105,7 +105,7 @@ fn second_join_on_a_live_node_is_refused() {
         let inc = incarnation(&s1, target).unwrap();
         let dup = c.join(target);
         let status = c.wait_exit(dup);
-        assert_eq!(status.code(), Some(4), "second join of node {target}: {}\n{}", exit_text(&status), c.logs());
+        assert_eq!(status.code(), Some(4), "second join of node {target}: {}\n{}", exit_text(status), c.logs());
         let log = c.log(dup);
         let last = log.lines().last().unwrap_or("");
         assert!(last.starts_with("sdc: error:") && last.contains("already running"), "{log}");
@@ -143,7 +143,7 @@ fn join_of_unknown_node_is_refused() {
         let p = c.join(node);
         let status = c.wait_exit(p);
         let log = c.log(p);
-        assert_eq!(status.code(), Some(1), "join --node {node}: {}: {log}", exit_text(&status));
+        assert_eq!(status.code(), Some(1), "join --node {node}: {}: {log}", exit_text(status));
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines.len(), 1, "join --node {node} should print one line: {log}");
         assert!(lines[0].starts_with("sdc: error:") && lines[0].contains(needle), "join --node {node}: {log}");
@@ -164,7 +164,7 @@ fn sigterm_stops_a_node_cleanly_and_the_master_hands_over() {
     let p = proc_of(&procs, follower);
     c.signal(p, libc::SIGTERM);
     let status = c.wait_exit(p);
-    assert_eq!(status.code(), Some(0), "SIGTERM of node {follower}: {}\n{}", exit_text(&status), c.logs());
+    assert_eq!(status.code(), Some(0), "SIGTERM of node {follower}: {}\n{}", exit_text(status), c.logs());
     assert!(c.log(p).contains("slot marked down"), "{}", c.log(p));
     let s2 = c.status_json();
     assert!(!is_live(&s2, follower), "{s2:#}");
@@ -177,7 +177,7 @@ fn sigterm_stops_a_node_cleanly_and_the_master_hands_over() {
     let pm = proc_of(&procs, m1);
     c.signal(pm, libc::SIGTERM);
     let status = c.wait_exit(pm);
-    assert_eq!(status.code(), Some(0), "SIGTERM of master {m1}: {}\n{}", exit_text(&status), c.logs());
+    assert_eq!(status.code(), Some(0), "SIGTERM of master {m1}: {}\n{}", exit_text(status), c.logs());
     let s3 = c.wait_status(&format!("node {last} becomes master after {m1} stops"), |s| {
         master(s) == Some(last) && epoch(s) > e1
     });
@@ -190,7 +190,7 @@ fn sigterm_stops_a_node_cleanly_and_the_master_hands_over() {
     let pl = proc_of(&procs, last);
     c.signal(pl, libc::SIGINT);
     let status = c.wait_exit(pl);
-    assert_eq!(status.code(), Some(0), "SIGINT of node {last}: {}\n{}", exit_text(&status), c.logs());
+    assert_eq!(status.code(), Some(0), "SIGINT of node {last}: {}\n{}", exit_text(status), c.logs());
     let s4 = c.status_json();
     assert!(master(&s4).is_none(), "no node runs, so there is no master: {s4:#}");
     assert!([1, 2, 3].iter().all(|&n| node_status(&s4, n)["heartbeat_state"] == "down"), "{s4:#}");
@@ -220,7 +220,7 @@ fn frozen_master_is_fenced_when_it_resumes() {
 
     c.signal(p1, libc::SIGCONT);
     let status = c.wait_exit(p1);
-    assert_eq!(status.code(), Some(5), "the old master must exit fenced: {}\n{}", exit_text(&status), c.logs());
+    assert_eq!(status.code(), Some(5), "the old master must exit fenced: {}\n{}", exit_text(status), c.logs());
     assert!(c.log(p1).contains("FENCED"), "{}", c.log(p1));
 
     // The new master is undisturbed and alone.

@@ -22,8 +22,10 @@
 //! the master's last write, which may precede the kill by up to one interval.
 //!
 //! This prints numbers and asserts nothing about speed. It exits non-zero only when a trial could
-//! not be run at all (a cluster that never formed or never failed over). Every daemon is killed
-//! and every temporary file removed by `Drop` guards, on errors and panics too.
+//! not be run at all (a cluster that never formed or never failed over), or it was interrupted.
+//! Every daemon is killed and every temporary file removed by `Drop` guards, on errors and panics
+//! too; SIGINT/SIGTERM of the bench end the current trial with an error so that the guards run,
+//! and every daemon dies with the bench should it be killed outright (`sdc_procs::procs`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -33,10 +35,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
 use membership_db::format::{HeartbeatState, NodeId};
 use membership_db::io::{open_disk, IoMode};
+use sdc_procs::procs::{self, exit_text, tail, Daemon, Sdc};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ const NODES: u16 = 3;
 const TRIALS: usize = 5;
 /// How long a cluster may take to elect its first master with every node live.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one `sdc` command (format, node add, status) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
 struct Profile {
@@ -83,21 +86,25 @@ impl Profile {
     }
 }
 
+fn check_interrupted() -> Result<()> {
+    match procs::interrupted() {
+        Some(sig) => bail!("interrupted by signal {sig}"),
+        None => Ok(()),
+    }
+}
+
 fn sdc<I, S>(args: I) -> Result<String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let out =
-        Command::new(SDC).args(&args).stdin(Stdio::null()).output().with_context(|| format!("cannot run {SDC}"))?;
+    let shown = || args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let out = Sdc::new(SDC)
+        .run(&args, Instant::now() + COMMAND_TIMEOUT)
+        .with_context(|| format!("sdc {} did not complete", shown()))?;
     if !out.status.success() {
-        bail!(
-            "sdc {} failed ({}): {}",
-            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("sdc {} failed ({}): {}", shown(), exit_text(out.status), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -127,19 +134,10 @@ fn status(disk: &Path) -> Result<Status> {
 /// One cluster: its temporary directory and its daemons. Dropping it kills every daemon it
 /// started (SIGKILL, then reaps it) and only then removes the directory.
 struct Cluster {
-    daemons: Vec<(u16, Child)>,
+    daemons: Vec<(u16, Daemon)>,
     disk: PathBuf,
-    // Declared last: fields drop after `Drop::drop` has killed the daemons.
+    // Declared last: fields drop after the daemons have been killed.
     dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.daemons {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Cluster {
@@ -183,21 +181,12 @@ impl Cluster {
             ])?;
         }
         for node in 1..=NODES {
-            let log = File::create(cluster.log_path(node))?;
-            let child = Command::new(SDC)
-                .args([
-                    OsStr::new("join"),
-                    OsStr::new("--disk"),
-                    &d,
-                    OsStr::new("--node"),
-                    OsStr::new(&node.to_string()),
-                ])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
+            let id = node.to_string();
+            let args = [OsStr::new("join"), OsStr::new("--disk"), &d, OsStr::new("--node"), OsStr::new(&id)];
+            let daemon = Sdc::new(SDC)
+                .spawn(args, &cluster.log_path(node))
                 .with_context(|| format!("cannot start sdc join --node {node}"))?;
-            cluster.daemons.push((node, child));
+            cluster.daemons.push((node, daemon));
         }
         Ok(cluster)
     }
@@ -206,7 +195,7 @@ impl Cluster {
         self.dir.path().join(format!("node-{node}.log"))
     }
 
-    fn daemon(&mut self, node: u16) -> Result<&mut Child> {
+    fn daemon(&mut self, node: u16) -> Result<&mut Daemon> {
         self.daemons
             .iter_mut()
             .find(|(n, _)| *n == node)
@@ -218,16 +207,17 @@ impl Cluster {
     fn wait_ready(&mut self) -> Result<(u16, u64)> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            for (node, child) in &mut self.daemons {
-                if let Some(st) = child.try_wait()? {
-                    bail!("sdc join --node {node} exited early ({st})");
+            check_interrupted()?;
+            for (node, daemon) in &mut self.daemons {
+                if let Some(st) = daemon.try_wait()? {
+                    bail!("sdc join --node {node} exited early ({})", exit_text(st));
                 }
             }
             let s = status(&self.disk)?;
             if let Some(master) = s.master {
                 if (1..=NODES).all(|n| s.live.contains(&n)) {
                     // The node id => our child handle, cross-checked with the pid on the disk.
-                    let pid = self.daemon(master)?.id();
+                    let pid = self.daemon(master)?.pid();
                     let on_disk = s.pids.iter().find(|(n, _)| *n == master).map(|(_, p)| *p);
                     if on_disk != Some(pid) {
                         bail!("status gives pid {on_disk:?} for master node {master}, but our daemon is pid {pid}");
@@ -250,10 +240,8 @@ impl Cluster {
     fn log_tails(&self) -> String {
         let mut s = String::new();
         for node in 1..=NODES {
-            let text = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
             s.push_str(&format!("  --- node {node} log (last lines) ---\n"));
-            for l in &lines[lines.len().saturating_sub(8)..] {
+            for l in tail(&self.log_path(node), 8) {
                 s.push_str(&format!("  {l}\n"));
             }
         }
@@ -329,13 +317,16 @@ fn run_trial(p: &Profile, cluster: &mut Cluster) -> Result<Outcome> {
 
         // Nothing may return between the spawn and the barrier, or the watcher would wait forever.
         let start = *t0.get_or_init(Instant::now);
-        let killed = master.kill();
+        let killed = master.signal(libc::SIGKILL);
         go.wait();
-        let reaped = killed.and_then(|()| master.wait());
+        let reaped = killed.and_then(|()| master.wait(start + timeout)).and_then(|status| {
+            status.ok_or_else(|| std::io::Error::other(format!("the killed master was not reaped within {timeout:?}")))
+        });
 
         // The operator's view: `sdc status` back to back.
         let mut calls = 0u32;
         let status_result = reaped.map_err(anyhow::Error::from).and_then(|_| loop {
+            check_interrupted()?;
             calls += 1;
             let s = status(&disk)?;
             let returned = start.elapsed();
@@ -368,6 +359,10 @@ type Column = (&'static str, fn(&Outcome) -> f64);
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.
+    if let Err(e) = procs::catch_interrupts() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
     let began = Instant::now();
     println!("sdc failover benchmark: {NODES} nodes, {TRIALS} trials per profile, each on a fresh cluster");
     println!("sdc binary: {SDC}");
@@ -377,6 +372,9 @@ fn main() {
     let mut results: Vec<(Profile, Vec<Option<Outcome>>)> = Vec::new();
     let mut failures = 0;
     for p in PROFILES {
+        if procs::interrupted().is_some() {
+            break;
+        }
         if let Err(e) = p.check() {
             eprintln!("{e:#}");
             failures += 1;
@@ -385,6 +383,9 @@ fn main() {
         println!("profile {}: heartbeat {} ms, dead {} ms, fence {} ms", p.name, p.heartbeat_ms, p.dead_ms, p.fence_ms);
         let mut outcomes = Vec::new();
         for i in 1..=TRIALS {
+            if procs::interrupted().is_some() {
+                break;
+            }
             match trial(&p) {
                 Ok(o) => {
                     println!(
@@ -451,6 +452,10 @@ fn main() {
          when it returns, so it lags the disk column by about that plus a process start."
     );
     println!("total bench time: {:.1} s", began.elapsed().as_secs_f64());
+    if let Some(sig) = procs::interrupted() {
+        eprintln!("interrupted by signal {sig}: the trials above are all there are");
+        std::process::exit(1);
+    }
     if failures > 0 {
         eprintln!("{failures} trial(s) could not be run; see above");
         std::process::exit(1);

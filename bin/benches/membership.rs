@@ -40,7 +40,8 @@
 //! three incidents) or it was interrupted. Every daemon is SIGKILLed and reaped and every
 //! temporary file removed by `Drop` guards, on errors and panics too; SIGINT/SIGTERM of the bench
 //! end the current step with an error so that the guards run, and every daemon is started with
-//! `PR_SET_PDEATHSIG(SIGKILL)` so that none survives the bench being killed outright.
+//! `PR_SET_PDEATHSIG(SIGKILL)` so that none survives the bench being killed outright (all three
+//! by `sdc_procs::procs`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -50,12 +51,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
 use membership_db::format::{ClusterState, MemberState, NodeId, Timing};
 use membership_db::io::{open_disk, IoMode};
+use sdc_procs::procs::{self, exit_text, log_text, tail, Daemon, Sdc};
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 /// Cargo sets this for the integration tests and benchmarks of the package that owns the binary
@@ -81,58 +80,28 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one step (a join, a leave, a forced leave, settling) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Set by SIGINT/SIGTERM of the bench: the poll loops then fail, and the guards clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-fn install_interrupt_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
-    }
+/// Set by SIGINT/SIGTERM of the bench ([`procs::catch_interrupts`]): the poll loops then fail,
+/// and the guards clean up.
+fn interrupted() -> bool {
+    procs::interrupted().is_some()
 }
 
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if interrupted() {
         bail!("interrupted");
     }
     Ok(())
 }
 
-/// A command whose process is SIGKILLed by the kernel if the bench dies first.
-fn command(args: &[&OsStr]) -> Command {
-    let mut cmd = Command::new(SDC);
-    cmd.args(args).stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 fn sdc(args: &[&OsStr]) -> Result<()> {
-    let out = command(args).output().with_context(|| format!("cannot run {SDC}"))?;
+    let shown = || args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let out = Sdc::new(SDC)
+        .run(args, Instant::now() + STEP_TIMEOUT)
+        .with_context(|| format!("sdc {} did not complete", shown()))?;
     if !out.status.success() {
-        bail!(
-            "sdc {} failed ({}): {}",
-            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("sdc {} failed ({}): {}", shown(), exit_text(out.status), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
-}
-
-fn append(path: &Path) -> Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -193,27 +162,17 @@ impl Samples {
 struct Cluster {
     size: u16,
     disk: PathBuf,
-    /// Nodes 1..size-1, started with the cluster.
-    background: Vec<(u16, Child)>,
+    // The processes: each is killed and reaped as it drops, in field order (the subject first).
     /// Node `size`'s daemon while it runs.
-    subject: Option<Child>,
+    subject: Option<Daemon>,
     /// An `sdc leave` in flight.
-    leave_cmd: Option<Child>,
+    leave_cmd: Option<Daemon>,
+    /// Nodes 1..size-1, started with the cluster.
+    background: Vec<(u16, Daemon)>,
     db: Option<MembershipDb>,
     last_child_check: Instant,
-    // Declared last: fields drop after `Drop::drop` has killed the daemons.
+    // Declared last: fields drop after the processes have been killed, then the disk unmapped.
     dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let all =
-            self.subject.iter_mut().chain(self.leave_cmd.iter_mut()).chain(self.background.iter_mut().map(|(_, c)| c));
-        for child in all {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// What a step of an iteration observed.
@@ -288,8 +247,9 @@ impl Cluster {
         self.dir.path().join(format!("node-{node}.log"))
     }
 
-    fn spawn_daemon(&self, node: u16) -> Result<Child> {
-        let log = append(&self.log_path(node))?;
+    /// `sdc join --node NODE`, its output appended to the node's log (the subject's runs share
+    /// one).
+    fn spawn_daemon(&self, node: u16) -> Result<Daemon> {
         let id = node.to_string();
         let mut args: Vec<&OsStr> =
             vec!["join".as_ref(), "--disk".as_ref(), self.disk.as_os_str(), "--node".as_ref(), id.as_ref()];
@@ -297,11 +257,7 @@ impl Cluster {
             args.push("--layer".as_ref());
             args.push(l.as_ref());
         }
-        command(&args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start sdc join --node {node}"))
+        Sdc::new(SDC).spawn(args, &self.log_path(node)).with_context(|| format!("cannot start sdc join --node {node}"))
     }
 
     fn state(&self) -> Result<ClusterState> {
@@ -319,9 +275,9 @@ impl Cluster {
             return Ok(());
         }
         self.last_child_check = Instant::now();
-        for (node, child) in &mut self.background {
-            if let Some(st) = child.try_wait()? {
-                bail!("background node {node} exited ({st}); see its log");
+        for (node, daemon) in &mut self.background {
+            if let Some(st) = daemon.try_wait()? {
+                bail!("background node {node} exited ({}); see its log", exit_text(st));
             }
         }
         Ok(())
@@ -384,7 +340,7 @@ impl Cluster {
             }
             if let Some(status) = self.subject.as_mut().expect("spawned above").try_wait()? {
                 self.subject = None;
-                bail!("sdc join --node {me} exited during its join ({status})");
+                bail!("sdc join --node {me} exited during its join ({})", exit_text(status));
             }
             self.check_background(false)?;
             if now > STEP_TIMEOUT {
@@ -397,24 +353,18 @@ impl Cluster {
     /// A graceful leave by SIGTERM of the daemon, or by `sdc leave`.
     fn leave(&mut self, by_command: bool) -> Result<LeaveObs> {
         let me = self.subject_id();
-        let pid = self.subject.as_ref().ok_or_else(|| anyhow!("node {me} is not running"))?.id();
+        let subject = self.subject.as_ref().ok_or_else(|| anyhow!("node {me} is not running"))?;
         let id = me.0.to_string();
         let t0 = Instant::now();
         if by_command {
-            let log = append(&self.dir.path().join("sdc-leave.log"))?;
             #[rustfmt::skip]
-            let cmd = command(&["leave".as_ref(), "--disk".as_ref(), self.disk.as_os_str(), "--node".as_ref(), id.as_ref(),
-                "--timeout".as_ref(), "30".as_ref()])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("cannot start sdc leave")?;
+            let args: [&OsStr; 7] = ["leave".as_ref(), "--disk".as_ref(), self.disk.as_os_str(), "--node".as_ref(),
+                id.as_ref(), "--timeout".as_ref(), "30".as_ref()];
+            let cmd =
+                Sdc::new(SDC).spawn(args, &self.dir.path().join("sdc-leave.log")).context("cannot start sdc leave")?;
             self.leave_cmd = Some(cmd);
         } else {
-            // SAFETY: plain kill(2) of our own unreaped child, so the pid cannot have been reused.
-            if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-                bail!("cannot SIGTERM node {me}: {}", std::io::Error::last_os_error());
-            }
+            subject.signal(libc::SIGTERM).with_context(|| format!("cannot SIGTERM node {me}"))?;
         }
         let (mut leaving, mut inactive, mut daemon_exit, mut cmd_exit) = (None, None, None, None);
         loop {
@@ -446,19 +396,19 @@ impl Cluster {
                 let (ended, status) = if by_command { cmd_exit } else { daemon_exit }.expect("done");
                 let daemon_status = daemon_exit.expect("done").1;
                 if by_command && !daemon_status.success() {
-                    bail!("node {me}'s daemon exited with {daemon_status} after `sdc leave`");
+                    bail!("node {me}'s daemon exited with {} after `sdc leave`", exit_text(daemon_status));
                 }
                 return Ok(LeaveObs { leaving, inactive: inactive.expect("done"), ended, status });
             }
             if let Some((_, status)) = daemon_exit {
                 if !status.success() && inactive.is_none() {
                     self.subject = None;
-                    bail!("node {me}'s daemon exited with {status} before the disk showed it inactive");
+                    bail!("node {me}'s daemon exited with {} before the disk showed it inactive", exit_text(status));
                 }
             }
             if let Some((_, status)) = cmd_exit {
                 if !status.success() {
-                    bail!("sdc leave --node {me} failed ({status}); see sdc-leave.log");
+                    bail!("sdc leave --node {me} failed ({}); see sdc-leave.log", exit_text(status));
                 }
             }
             self.check_background(false)?;
@@ -478,10 +428,9 @@ impl Cluster {
     /// SIGKILL of the subject's daemon, until its forced leave is complete.
     fn kill(&mut self) -> Result<KillObs> {
         let me = self.subject_id();
-        let mut child = self.subject.take().ok_or_else(|| anyhow!("node {me} is not running"))?;
+        let mut daemon = self.subject.take().ok_or_else(|| anyhow!("node {me} is not running"))?;
         let t0 = Instant::now();
-        child.kill().context("cannot SIGKILL the subject")?;
-        child.wait()?;
+        daemon.kill().context("cannot SIGKILL the subject")?;
         let mut detected = None;
         loop {
             let st = self.state()?;
@@ -511,8 +460,8 @@ impl Cluster {
             return None;
         }
         let mut total = 0u64;
-        for (_, child) in &self.background {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+        for (_, daemon) in &self.background {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid())).ok()?;
             // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
             let rest = &stat[stat.rfind(')')? + 2..];
             let f: Vec<&str> = rest.split_whitespace().collect();
@@ -525,10 +474,8 @@ impl Cluster {
     fn log_tails(&self, nodes: &[u16]) -> String {
         let mut s = String::new();
         for &node in nodes {
-            let text = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
             s.push_str(&format!("  --- node {node} log (last lines) ---\n"));
-            for l in &lines[lines.len().saturating_sub(12)..] {
+            for l in tail(&self.log_path(node), 12) {
                 s.push_str(&format!("  {l}\n"));
             }
         }
@@ -540,7 +487,7 @@ impl Cluster {
         let subject = self.size;
         let mut c = LogCounts::default();
         for node in 1..=self.size {
-            let text = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
+            let text = log_text(&self.log_path(node));
             for line in text.lines() {
                 if line.contains("FENCED") {
                     c.fenced += 1;
@@ -685,7 +632,7 @@ fn run_size(size: u16, planned: usize, budget: Duration) -> SizeRun {
         iterations_began: None,
         rng: 0x2545_f491_4f6c_dd1d ^ size as u64,
     };
-    while run.iterations < run.planned && !run.budget_hit && !INTERRUPTED.load(Ordering::Relaxed) {
+    while run.iterations < run.planned && !run.budget_hit && !interrupted() {
         if run.clusters.len() == MAX_CLUSTERS_PER_SIZE {
             run.error = Some(format!("given up after {MAX_CLUSTERS_PER_SIZE} clusters, each ended by an incident"));
             break;
@@ -708,9 +655,8 @@ fn run_size(size: u16, planned: usize, budget: Duration) -> SizeRun {
             run.background_cpu.1 += spawned.elapsed().as_secs_f64();
         }
         // Stop the subject first, so that its log is complete before it is read.
-        if let Some(mut child) = cluster.subject.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut daemon) = cluster.subject.take() {
+            let _ = daemon.kill();
         }
         let logs = cluster.scan_logs();
         if let Err(e) = result {
@@ -729,7 +675,7 @@ fn run_size(size: u16, planned: usize, budget: Duration) -> SizeRun {
                 run.iterations + 1,
                 format!("{e:#}").lines().next().unwrap_or("")
             ));
-            if !formed || INTERRUPTED.load(Ordering::Relaxed) {
+            if !formed || interrupted() {
                 run.error = Some(format!("{e:#}"));
                 run.logs.add(logs);
                 break;
@@ -800,7 +746,7 @@ fn iterate(cluster: &mut Cluster, run: &mut SizeRun, budget: Duration) -> Result
         }
         if let Some(status) = cluster.subject.as_mut().expect("joined").try_wait()? {
             cluster.subject = None;
-            bail!("node {me}'s daemon exited ({status}) while joined");
+            bail!("node {me}'s daemon exited ({}) while joined", exit_text(status));
         }
         let exit = ROTATION[i % ROTATION.len()];
         let exit_text = match exit {
@@ -808,7 +754,7 @@ fn iterate(cluster: &mut Cluster, run: &mut SizeRun, budget: Duration) -> Result
                 let by_command = exit == Exit::SdcLeave;
                 let l = cluster.leave(by_command)?;
                 if !l.status.success() {
-                    bail!("{} ended with {}", if by_command { "sdc leave" } else { "the daemon" }, l.status);
+                    bail!("{} ended with {}", if by_command { "sdc leave" } else { "the daemon" }, exit_text(l.status));
                 }
                 let (inactive, ended) = if by_command {
                     (Metric::LeaveInactive, Metric::LeaveReturned)
@@ -867,7 +813,10 @@ fn machine() -> String {
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.
-    install_interrupt_handlers();
+    if let Err(e) = procs::catch_interrupts() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
     let began = Instant::now();
     let override_iters: Option<usize> =
         std::env::var("MEMBERSHIP_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0);
@@ -890,7 +839,7 @@ fn main() {
 
     let mut runs = Vec::new();
     for (size, iters, budget_s) in PLAN {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted() {
             break;
         }
         let planned = override_iters.unwrap_or(iters);
@@ -1010,7 +959,7 @@ fn main() {
         println!("{incidents} INCIDENT(S): a cluster ended early and was restarted; see above");
     }
     let failed = runs.iter().filter(|r| r.error.is_some()).count();
-    if failed > 0 || INTERRUPTED.load(Ordering::Relaxed) {
+    if failed > 0 || interrupted() {
         eprintln!("{failed} cluster size(s) could not be measured completely; see above");
         std::process::exit(1);
     }

@@ -12,7 +12,8 @@ Exit status:
   3  inspect found corrupt records
   4  join refused: a daemon already runs on that node
   5  join fenced itself: it lost the disk or was deposed as master
-  6  join was forced out of the cluster by the other nodes";
+  6  join was forced out of the cluster by the other nodes
+  7  join was asked to stop and stopped without a graceful leave (no master could sequence it)";
 
 /// sdc: a cluster of hosts that share one disk, behaving as one system.
 ///
@@ -42,13 +43,16 @@ pub enum Command {
     /// Run the node daemon in the foreground: join the cluster through the layers and stay.
     #[command(after_help = "\
 SIGTERM or SIGINT (or `sdc leave`) leaves the cluster gracefully through the layers, marks the
-node's slot down and exits 0.
+node's slot down and exits 0. A node that is not a member stops at once; one whose leave no
+master sequences for two dead-ms (no eligible node left) stops without it; a second SIGTERM
+stops at once. An `sdc leave` made while no daemon ran here is honoured when this one starts.
 Exit status: 0 left cleanly, 1 error (including a refused join, which names the layer),
 4 the node is already running elsewhere, 5 fenced (no heartbeat write for fence-ms, its slot
-was taken, or deposed as master), 6 forced out by the other nodes.")]
+was taken, deposed as master, the disk reformatted or truncated), 6 forced out by the other
+nodes, 7 stopped without a graceful leave (the others force it out).")]
     Join(JoinArgs),
-    /// Run the deterministic simulator: the real protocol cores of 3 to 32 nodes on a simulated
-    /// disk with injected faults, every invariant checked after every action.
+    /// Run the deterministic simulator: the real protocol cores of 3 to 256 nodes on a
+    /// simulated disk with injected faults, every invariant checked after every action.
     #[command(after_help = "\
 Examples:
   sdc sim --seeds 2000          run seeds 0..2000 and print a summary line
@@ -116,7 +120,7 @@ pub struct FormatArgs {
     /// The cluster's name.
     #[arg(long, value_name = "NAME")]
     pub cluster: String,
-    /// Node slots to reserve (node ids 1 to N).
+    /// Node slots to reserve (node ids 1 to N, at most 256).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_nodes: u16,
     /// Heartbeat interval.

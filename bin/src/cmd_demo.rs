@@ -17,11 +17,8 @@ use membership_db::format::{MemberState, NodeId, Timing};
 use membership_db::io::IoMode;
 use membership_db::status::{ClusterStatus, NodeStatus};
 use membership_db::time::unix_ms;
-use std::fs::File;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use sdc_procs::procs::{self, exit_text, last_line, read_log, Daemon, LogLine, Sdc};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Node names; node ids are 1 to 3.
@@ -40,116 +37,6 @@ const _: () = assert!(SLOW.fence_ms >= 3 * SLOW.heartbeat_ms && SLOW.fence_ms + 
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(25);
-
-// ---------------------------------------------------------------------------------------------
-// Signals
-
-/// The signal that interrupted the demo (SIGINT, SIGTERM), or 0.
-static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    INTERRUPTED.store(sig, Ordering::Release);
-}
-
-fn install_signal_handlers() -> Result<(), Failure> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-        if prev == libc::SIG_ERR {
-            return fail(format!("cannot install the handler for signal {sig}"));
-        }
-    }
-    Ok(())
-}
-
-/// Every child in its own process group, so that Ctrl-C reaches the demo alone (which then
-/// kills them), and killed by the kernel should the demo itself die without cleaning up.
-fn detach(cmd: &mut Command) {
-    cmd.process_group(0);
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The daemons' logs
-
-/// One log line: its time stamp and the text after the `sdc[cluster node N name]` prefix.
-struct LogLine {
-    unix_ms: u64,
-    text: String,
-}
-
-/// `layer dlm: join of node 2 (incarnation 1), barrier 1 of 2; view [...]`
-struct LayerNote {
-    layer: String,
-    kind: String,
-    subject: u16,
-    incarnation: u64,
-}
-
-/// `2026-11-24T05:01:02.345Z` (as `util::utc` writes it) to Unix milliseconds.
-fn parse_utc(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(((days * 24 + hh) * 60 + mm) * 60 + ss).ok().map(|secs| secs * 1000 + ms as u64)
-}
-
-fn read_log(path: &Path) -> Vec<LogLine> {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (stamp, rest) = line.split_once(' ')?;
-            let unix_ms = parse_utc(stamp)?;
-            let text = rest.strip_prefix("sdc[").and_then(|r| r.split_once("] ")).map_or(rest, |(_, t)| t);
-            Some(LogLine { unix_ms, text: text.to_string() })
-        })
-        .collect()
-}
-
-/// The last line of a log, without its time stamp and prefix.
-fn last_line(path: &Path) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else { return "(empty)".into() };
-    let line = match line.split_once(' ') {
-        Some((stamp, rest)) if parse_utc(stamp).is_some() => rest,
-        _ => line,
-    };
-    line.strip_prefix("sdc[").and_then(|r| r.split_once("] ")).map_or(line, |(_, t)| t).to_string()
-}
-
-fn layer_note(text: &str) -> Option<LayerNote> {
-    let rest = text.strip_prefix("layer ")?;
-    let (layer, rest) = rest.split_once(": ")?;
-    let (kind, rest) = rest.split_once(" of node ")?;
-    let (subject, rest) = rest.split_once(" (incarnation ")?;
-    let (incarnation, _) = rest.split_once(')')?;
-    Some(LayerNote {
-        layer: layer.to_string(),
-        kind: kind.to_string(),
-        subject: subject.parse().ok()?,
-        incarnation: incarnation.parse().ok()?,
-    })
-}
 
 fn layer_title(name: &str) -> String {
     match name {
@@ -193,15 +80,27 @@ fn nodes_text(nodes: &[u16]) -> String {
     }
 }
 
-fn exit_text(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(0), _) => "exit status 0".into(),
-        (Some(c), _) if c == exit::FENCED => format!("exit status {c}: fenced"),
-        (Some(c), _) if c == exit::FORCED_OUT => format!("exit status {c}: forced out"),
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        (None, None) => "unknown exit".into(),
+/// How a restarted daemon took its slot over, as its log tells. A kill -9 leaves the slot's
+/// heartbeat `up`, so the new daemon watches it; it takes the slot over at once when the cluster
+/// state shows that incarnation stopped (a completed forced leave records it), else once the
+/// heartbeat has stayed still for dead-ms.
+fn takeover_text(log: &[LogLine]) -> String {
+    let proven = log.iter().find_map(|l| {
+        let rest = l.text.strip_prefix("the cluster state of epoch ")?;
+        let (epoch, rest) = rest.split_once(" shows incarnation ")?;
+        let (stopped, _) = rest.split_once(" stopped: taking over its slot at once")?;
+        Some((epoch.to_string(), stopped.to_string()))
+    });
+    if let Some((epoch, stopped)) = proven {
+        return format!(
+            ", taking its slot over at once (its heartbeat still showed incarnation {stopped} up, but the cluster \
+             state of epoch {epoch} shows that incarnation stopped)"
+        );
     }
+    if log.iter().any(|l| l.text.starts_with("this node's slot shows a running daemon")) {
+        return ", after watching its slot's stale heartbeat for dead-ms".into();
+    }
+    String::new()
 }
 
 fn name(node: u16) -> &'static str {
@@ -215,36 +114,24 @@ fn node_of(s: &ClusterStatus, node: u16) -> Option<&NodeStatus> {
 // ---------------------------------------------------------------------------------------------
 // The demo
 
-/// One `sdc join` process.
-struct Daemon {
+/// One `sdc join` daemon the demo started.
+struct NodeDaemon {
     node: u16,
-    pid: u32,
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
+    daemon: Daemon,
     /// The demo stops it on purpose (kill -9, sdc leave): its exit is no failure.
     exit_expected: bool,
 }
 
-/// A child that is killed and reaped when dropped, whatever happens.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Demo {
     started: Instant,
-    exe: PathBuf,
+    /// This binary, which runs the commands and the daemons.
+    sdc: Sdc,
     dir: PathBuf,
     disk: PathBuf,
     keep: bool,
     timing: Timing,
     db: Option<MembershipDb>,
-    daemons: Vec<Daemon>,
+    daemons: Vec<NodeDaemon>,
     /// Set when stdout cannot be written.
     stdout_error: std::cell::RefCell<Option<String>>,
 }
@@ -281,9 +168,8 @@ impl Demo {
     fn kill_all(&mut self) -> usize {
         let mut killed = 0;
         for d in &mut self.daemons {
-            if d.exit.is_none() {
-                let _ = d.child.kill();
-                d.exit = d.child.wait().ok();
+            if d.daemon.exit().is_none() {
+                let _ = d.daemon.kill();
                 killed += 1;
             }
         }
@@ -294,10 +180,7 @@ impl Demo {
         if let Some(e) = self.stdout_error.borrow().as_ref() {
             return fail(format!("cannot write to stdout ({e}); stopped the demo"));
         }
-        let sig = INTERRUPTED.load(Ordering::Acquire);
-        if sig == 0 {
-            return Ok(());
-        }
+        let Some(sig) = procs::interrupted() else { return Ok(()) };
         let what =
             if sig == libc::SIGINT { "interrupted (SIGINT)".to_string() } else { format!("stopped by signal {sig}") };
         let dir =
@@ -318,14 +201,13 @@ impl Demo {
     fn check_daemons(&mut self) -> Result<(), Failure> {
         for i in 0..self.daemons.len() {
             let d = &mut self.daemons[i];
-            if d.exit.is_some() {
+            if d.daemon.exit().is_some() {
                 continue;
             }
-            let Some(status) = d.child.try_wait()? else { continue };
-            d.exit = Some(status);
+            let Some(status) = d.daemon.try_wait()? else { continue };
             if !d.exit_expected {
                 let node = d.node;
-                let last = last_line(&d.log);
+                let last = last_line(d.daemon.log());
                 return fail(format!(
                     "the daemon of node {node} ({}) exited unexpectedly ({}); its last log line: {last}{}",
                     name(node),
@@ -387,58 +269,45 @@ impl Demo {
 
     /// Runs `sdc ARGS` to completion (bounded) and returns its stdout.
     fn sdc(&self, args: &[&str]) -> Result<String, Failure> {
-        let out_path = self.dir.join("command.out");
-        let err_path = self.dir.join("command.err");
-        let create =
-            |p: &Path| File::create(p).map_err(|e| Failure::from(format!("cannot create {}: {e}", p.display())));
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(create(&out_path)?).stderr(create(&err_path)?);
-        detach(&mut cmd);
+        self.check_interrupted()?;
         let shown = format!("sdc {}", args.first().copied().unwrap_or_default());
-        let mut child =
-            KillOnDrop(cmd.spawn().map_err(|e| Failure::from(format!("cannot run {}: {e}", self.exe.display())))?);
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let status = loop {
-            self.check_interrupted()?;
-            if let Some(status) = child.0.try_wait()? {
-                break status;
+        let out = match self.sdc.run(args, Instant::now() + STEP_TIMEOUT) {
+            Ok(out) => out,
+            Err(procs::Error::TimedOut) => {
+                return fail(format!("`{shown}` did not finish within {} s{}", STEP_TIMEOUT.as_secs(), self.hint()))
             }
-            if Instant::now() >= deadline {
-                return fail(format!("`{shown}` did not finish within {} s{}", STEP_TIMEOUT.as_secs(), self.hint()));
+            Err(procs::Error::Interrupted(_)) => {
+                self.check_interrupted()?;
+                return fail(format!("`{shown}` was interrupted"));
             }
-            std::thread::sleep(POLL);
+            Err(e) => return fail(e.to_string()),
         };
-        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        let _ = std::fs::remove_file(&out_path);
-        let _ = std::fs::remove_file(&err_path);
-        if !status.success() {
+        self.check_interrupted()?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
             let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").to_string();
-            return fail(format!("`{shown}` failed ({}): {why}", exit_text(status)));
+            return fail(format!("`{shown}` failed ({}): {why}", exit_text(out.status)));
         }
-        Ok(stdout)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts `sdc join` for `node`; returns the daemon's index.
+    /// Starts `sdc join` for `node`, logging to a file of its own; returns the daemon's index.
     fn start(&mut self, node: u16) -> Result<usize, Failure> {
         let run = self.daemons.iter().filter(|d| d.node == node).count() + 1;
         let log = self.dir.join(if run == 1 { format!("node{node}.log") } else { format!("node{node}-run{run}.log") });
-        let file = File::create(&log).map_err(|e| Failure::from(format!("cannot create {}: {e}", log.display())))?;
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("join").arg("--disk").arg(&self.disk).args(["--node", &node.to_string()]);
+        let (disk, id) = (self.disk_str(), node.to_string());
+        let mut args = vec!["join", "--disk", &disk, "--node", &id];
         for l in LAYERS {
-            cmd.args(["--layer", l]);
+            args.extend(["--layer", l]);
         }
-        cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        detach(&mut cmd);
-        let child = cmd.spawn().map_err(|e| Failure::from(format!("cannot run {}: {e}", self.exe.display())))?;
-        self.daemons.push(Daemon { node, pid: child.id(), child, log, exit: None, exit_expected: false });
+        let daemon = self.sdc.spawn(&args, &log).map_err(|e| Failure::from(e.to_string()))?;
+        self.daemons.push(NodeDaemon { node, daemon, exit_expected: false });
         Ok(self.daemons.len() - 1)
     }
 
     /// The daemon of `node` that runs now.
     fn running(&self, node: u16) -> Option<usize> {
-        self.daemons.iter().rposition(|d| d.node == node && d.exit.is_none())
+        self.daemons.iter().rposition(|d| d.node == node && d.daemon.exit().is_none())
     }
 
     /// Fails unless the disk shows `node` as a live, joined member: what the next step needs.
@@ -471,16 +340,15 @@ impl Demo {
         let d = &mut self.daemons[i];
         d.exit_expected = true;
         let at = unix_ms();
-        let _ = d.child.kill();
-        d.exit = d.child.wait().ok();
+        let _ = d.daemon.kill();
         at
     }
 
     /// The layers notified for one transition, in order, as daemon `i` logged them.
     fn steps_seen_by(&self, i: usize, kind: &str, subject: u16, incarnation: u64) -> Vec<String> {
-        read_log(&self.daemons[i].log)
+        read_log(self.daemons[i].daemon.log())
             .iter()
-            .filter_map(|l| layer_note(&l.text))
+            .filter_map(LogLine::layer_note)
             .filter(|n| n.kind == kind && n.subject == subject && n.incarnation == incarnation)
             .map(|n| n.layer)
             .collect()
@@ -499,7 +367,7 @@ impl Demo {
 
     /// When daemon `i` first logged a line starting with `prefix`, at or after `since`.
     fn logged(&self, i: usize, prefix: &str, since: u64) -> Option<u64> {
-        read_log(&self.daemons[i].log)
+        read_log(self.daemons[i].daemon.log())
             .iter()
             .find(|l| l.unix_ms >= since && l.text.starts_with(prefix))
             .map(|l| l.unix_ms)
@@ -560,7 +428,7 @@ impl Demo {
     fn join(&mut self, node: u16) -> Result<(usize, u64), Failure> {
         let rejoin = self.daemons.iter().any(|d| d.node == node);
         let i = self.start(node)?;
-        let pid = self.daemons[i].pid;
+        let pid = self.daemons[i].daemon.pid();
         if self.daemons.len() == 1 {
             let layers: Vec<String> = LAYERS.iter().map(|l| format!("--layer {l}")).collect();
             self.say(format!(
@@ -592,12 +460,9 @@ impl Demo {
         let steps = render_steps(&self.steps_seen_by(i, "join", node, incarnation));
         let with = nodes_text(&self.took_part("join", node, incarnation));
         if rejoin {
-            // A daemon that finds its slot still `up` (a kill -9 leaves it so) watches it for
-            // dead-ms before taking it over.
-            let waited = read_log(&self.daemons[i].log).iter().any(|l| l.text.starts_with("this node's slot shows"));
-            let waited = if waited { ", after watching its slot's stale heartbeat for dead-ms" } else { "" };
+            let takeover = takeover_text(&read_log(self.daemons[i].daemon.log()));
             self.say(format!(
-                "node {node} ({}) rejoins with incarnation {incarnation}{waited}: {steps}; {with} took part",
+                "node {node} ({}) rejoins with incarnation {incarnation}{takeover}: {steps}; {with} took part",
                 name(node)
             ));
         } else if first {
@@ -626,7 +491,7 @@ impl Demo {
             "--timeout",
             &STEP_TIMEOUT.as_secs().to_string(),
         ])?;
-        let status = self.wait(&format!("the daemon of node {node} to exit"), |d| Ok(d.daemons[i].exit))?;
+        let status = self.wait(&format!("the daemon of node {node} to exit"), |d| Ok(d.daemons[i].daemon.exit()))?;
         if status.code() != Some(0) {
             return fail(format!("the daemon of node {node} left but ended with {}{}", exit_text(status), self.hint()));
         }
@@ -652,7 +517,7 @@ impl Demo {
         let m = self.daemon_of(master)?;
         let i = self.daemon_of(node)?;
         self.expect_member(node, "its kill -9")?;
-        let pid = self.daemons[i].pid;
+        let pid = self.daemons[i].daemon.pid();
         let killed_at = self.kill9(i);
         self.say(format!("kill -9 node {node} ({}), pid {pid}", name(node)));
         let done_prefix = format!("master: forced-leave of node {node} complete");
@@ -683,7 +548,7 @@ impl Demo {
         let incarnation = node_of(&s, old).and_then(|n| n.incarnation).unwrap_or_default();
         let i = self.daemon_of(old)?;
         self.expect_member(old, "its kill -9")?;
-        let pid = self.daemons[i].pid;
+        let pid = self.daemons[i].daemon.pid();
         let killed_at = self.kill9(i);
         self.say(format!("kill -9 the master, node {old} ({}), pid {pid}", name(old)));
         let (new, epoch) = self.wait("a new master", |d| {
@@ -771,12 +636,12 @@ fn temp_dir() -> Result<PathBuf, Failure> {
 }
 
 pub fn run(a: DemoArgs) -> CmdResult {
-    install_signal_handlers()?;
+    procs::catch_interrupts()?;
     let exe = std::env::current_exe().map_err(|e| Failure::from(format!("cannot find the sdc executable: {e}")))?;
     let dir = temp_dir()?;
     let mut demo = Demo {
         started: Instant::now(),
-        exe,
+        sdc: Sdc::new(exe),
         disk: dir.join("cluster.img"),
         dir,
         keep: a.keep,
@@ -790,7 +655,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let logs: Vec<String> = demo
         .daemons
         .iter()
-        .map(|d| d.log.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|d| d.daemon.log().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
         .collect();
     if demo.keep {
         demo.say(format!(

@@ -31,7 +31,7 @@ pub mod exit {
     /// `join` fenced itself: it lost the disk or was deposed.
     pub const FENCED: i32 = membership_db::daemon::EXIT_FENCED;
     /// `join` was forced out of the cluster by the other nodes.
-    pub const FORCED_OUT: i32 = 6;
+    pub const FORCED_OUT: i32 = sdc_procs::procs::EXIT_FORCED_OUT;
     /// `join` was asked to stop and stopped without a graceful leave: no master could sequence
     /// it in time (or a second SIGTERM asked for a stop at once). The others force it out.
     pub const STOPPED_WITHOUT_LEAVE: i32 = 7;

@@ -73,9 +73,10 @@ pub fn own_records(db: &MembershipDb, node: NodeId, leave_requests: u64) -> Resu
     let own = OwnRecords {
         request_seq: base_seq(&requests, |r| r.seq, adv_request),
         ack_seq: base_seq(&acks, |a| a.seq, adv_ack),
-        // Unknown when the request record is lost: take the table's count as honoured rather
-        // than leave on a request that may be old.
-        leave_requests_seen: request.map_or(leave_requests, |r| r.leave_requests_seen),
+        // Unknown when both copies of the request record are lost: a leave the operator asked
+        // for must not be lost, so the table's count is taken as not yet honoured (at worst
+        // the node leaves once more, and its next daemon joins).
+        leave_requests_seen: request.map_or(0, |r| r.leave_requests_seen),
         leave_requests,
     };
     Ok((own, incarnation_floor))
@@ -155,6 +156,7 @@ mod tests {
     use membership_db::format::{NodeSet, TableView, Timing};
     use membership_db::io::{open_disk, Disk, IoMode};
     use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
 
     /// A disk whose writes block forever once `hang_after` writes have been made: a lost SAN
     /// path, where the syscall never returns.
@@ -270,5 +272,91 @@ mod tests {
         assert_eq!(status.code(), Some(EXIT_FENCED), "child stderr:\n{stderr}");
         assert!(stderr.contains("FENCED"), "child stderr:\n{stderr}");
         assert!(stderr.contains("BecameMaster"), "the node ran before the disk hung:\n{stderr}");
+    }
+
+    /// A disk on which every write to one byte range fails with EIO: a bad range of a LUN.
+    struct FailingRangeDisk {
+        inner: Box<dyn Disk>,
+        range: (u64, u64),
+        failed_writes: Arc<AtomicU64>,
+    }
+
+    impl Disk for FailingRangeDisk {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+            if offset < self.range.1 && offset + data.len() as u64 > self.range.0 {
+                self.failed_writes.fetch_add(1, Ordering::SeqCst);
+                return Err(DbError::Io {
+                    op: "writing",
+                    offset,
+                    len: data.len(),
+                    source: std::io::Error::from_raw_os_error(libc_eio()),
+                });
+            }
+            self.inner.write_at(offset, data)
+        }
+        fn write_visible_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+            self.write_at(offset, data)
+        }
+        fn len_bytes(&self) -> u64 {
+            self.inner.len_bytes()
+        }
+        fn sector_bytes(&self) -> u32 {
+            self.inner.sector_bytes()
+        }
+        fn describe(&self) -> String {
+            "failing range".into()
+        }
+    }
+
+    const fn libc_eio() -> i32 {
+        5
+    }
+
+    /// Regression (issue 7): a node whose request and acknowledgement writes fail while its
+    /// heartbeats succeed retried them at once and forever: it spun a core, and SIGTERM could
+    /// not stop it. The writes now back off, and a stop request ends the daemon within bounds.
+    #[test]
+    fn failing_record_writes_back_off_and_a_stop_request_still_ends_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::File::create(&path).unwrap().set_len(16 << 20).unwrap();
+        let params = FormatParams {
+            cluster_name: "w".into(),
+            max_nodes: 2,
+            timing: TIMING,
+            cluster_uuid: [1; 16],
+            now_unix_ms: 0,
+        };
+        let layout =
+            MembershipDb::format(open_disk(&path, IoMode::Mmap, true).unwrap(), &params).unwrap().layout().clone();
+        let records = layout.region(membership_db::format::RegionKind::NodeRecords);
+        let failed_writes = Arc::new(AtomicU64::new(0));
+        let disk = FailingRangeDisk {
+            inner: open_disk(&path, IoMode::Mmap, true).unwrap(),
+            range: (records.offset, records.end()),
+            failed_writes: failed_writes.clone(),
+        };
+        let db = MembershipDb::open(Box::new(disk)).unwrap();
+        let stops = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (stops.clone(), failed_writes.clone());
+        let daemon = std::thread::spawn(move || {
+            let exit = run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &mut |_| {});
+            (exit.map_err(|e| e.to_string()), f.load(Ordering::SeqCst))
+        });
+        // Two seconds of failing writes: a back-off, not a spin.
+        std::thread::sleep(Duration::from_secs(2));
+        let attempts = failed_writes.load(Ordering::SeqCst);
+        assert!((1..=40).contains(&attempts), "{attempts} failed record writes in 2 s");
+        stops.store(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !daemon.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the daemon did not stop within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (exit, _) = daemon.join().unwrap();
+        assert_eq!(exit, Ok(MemberExit::Node(membership_db::node::Exit::Stopped)));
     }
 }

@@ -15,6 +15,8 @@
 //! Global order: membership manager 0 (implicit), DLM 10, VDM 20, SFS 30, event manager 40.
 //! Orders are numbers, so other subsystems can register in between.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod daemon;
 pub mod member;
@@ -31,5 +33,7 @@ pub mod order {
     pub const EVENT_MANAGER: u32 = 40;
 }
 
+#[cfg(test)]
+mod arbitrary_records;
 #[cfg(test)]
 mod scenarios;

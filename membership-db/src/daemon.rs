@@ -99,5 +99,6 @@ pub fn perform(db: &MembershipDb, action: Action, wall_ms: u64) -> Completion {
         ),
         Action::ReadNodeTable => Completion::NodeTableRead(db.read_node_table().map_err(failure)),
         Action::ReadClusterState(at) => Completion::ClusterStateRead(db.read_cluster_state_at(at).map_err(failure)),
+        Action::ReadClusterStates => Completion::ClusterStatesRead(db.read_cluster_state_copies().map_err(failure)),
     }
 }

@@ -56,7 +56,7 @@ impl std::str::FromStr for IoMode {
 }
 
 fn check_aligned(offset: u64, len: usize, sector: u32, op: &'static str) -> Result<(), DbError> {
-    if offset % sector as u64 != 0 || len % sector as usize != 0 {
+    if !offset.is_multiple_of(sector as u64) || !len.is_multiple_of(sector as usize) {
         return Err(DbError::io(op, offset, len, std::io::Error::from_raw_os_error(libc::EINVAL)));
     }
     Ok(())

@@ -1,22 +1,31 @@
-//! Runs a range of seeds and prints each violation: `cargo run --release -p simulation --example seeds -- FIRST COUNT`.
+//! Runs a range of seeds and prints each violation (a soak):
+//! `cargo run --release -p simulation --example seeds -- FIRST COUNT [FAULT_SCALE]`.
+//! `FAULT_SCALE` multiplies every seed's fault rate (default 1). `sdc sim` is the operator's
+//! entry point; this one exists for long soaks at other fault rates.
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let (first, count) = (args.first().copied().unwrap_or(0), args.get(1).copied().unwrap_or(100));
+    let scale = args.get(2).copied().unwrap_or(1);
     let started = std::time::Instant::now();
-    let s = simulation::run_seeds(first, count, &mut |seed, r| {
-        if let Err(v) = r {
-            println!("{v}\n");
-        } else if std::env::var("VERBOSE").is_ok() {
-            println!("seed {seed}: {:?}", r.as_ref().unwrap());
+    let mut summary = simulation::Summary::default();
+    for seed in first..first + count {
+        let mut config = simulation::sim::Config::for_seed(seed);
+        config.fault_rate *= scale;
+        let r = simulation::sim::run(&config);
+        match &r {
+            Err(v) => println!("{v}\n"),
+            Ok(o) if std::env::var_os("VERBOSE").is_some() => println!("seed {seed}: {o:?}"),
+            Ok(_) => {}
         }
-    });
+        summary.add_outcome(r);
+    }
     println!(
         "{} seeds, {} failed, {} transitions, faults {:?}, slowest convergence {} ms, {:.1} s",
-        s.seeds,
-        s.failed.len(),
-        s.transitions,
-        s.faults,
-        s.converged_ms_max,
+        summary.seeds,
+        summary.failed.len(),
+        summary.transitions,
+        summary.faults,
+        summary.converged_ms_max,
         started.elapsed().as_secs_f64()
     );
 }

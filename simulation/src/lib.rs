@@ -18,6 +18,8 @@
 //! assert!(outcome.actions > 0);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod disk;
 pub mod sim;
 
@@ -48,6 +50,25 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Counts one seed's result.
+    pub fn add_outcome(&mut self, r: Result<sim::Outcome, sim::Violation>) {
+        self.seeds += 1;
+        match r {
+            Ok(o) => {
+                self.virtual_ms += o.virtual_ms;
+                self.actions += o.actions;
+                self.transitions += o.transitions;
+                self.converged_ms_max = self.converged_ms_max.max(o.converged_ms);
+                for (k, v) in o.faults {
+                    *self.faults.entry(k).or_default() += v;
+                }
+            }
+            Err(v) => self.failed.push(v),
+        }
+    }
+}
+
 /// Runs seeds `first..first + count`; `progress` sees each outcome.
 pub fn run_seeds(
     first: u64,
@@ -58,19 +79,7 @@ pub fn run_seeds(
     for seed in first..first + count {
         let r = sim::run(&sim::Config::for_seed(seed));
         progress(seed, &r);
-        s.seeds += 1;
-        match r {
-            Ok(o) => {
-                s.virtual_ms += o.virtual_ms;
-                s.actions += o.actions;
-                s.transitions += o.transitions;
-                s.converged_ms_max = s.converged_ms_max.max(o.converged_ms);
-                for (k, v) in o.faults {
-                    *s.faults.entry(k).or_default() += v;
-                }
-            }
-            Err(v) => s.failed.push(v),
-        }
+        s.add_outcome(r);
     }
     s
 }

@@ -323,6 +323,12 @@ impl World {
         Ok(())
     }
 
+    /// Runs for `ms` of virtual time, checking every invariant.
+    pub fn run_for(&mut self, ms: Millis) -> Result<(), Violation> {
+        let until = self.t + ms;
+        self.run_until(ms + 10, &format!("{ms} ms"), |w| w.t >= until)
+    }
+
     /// kill -9 of a node's daemon.
     pub fn crash(&mut self, node: NodeId) {
         self.crash_index(node.index());
@@ -413,6 +419,22 @@ impl World {
     /// Every node joined, with its current incarnation, and nothing in flight.
     pub fn all_joined_and_quiet(&self) -> bool {
         self.converged()
+    }
+
+    /// The cluster state as the acting master holds it (or else the newest readable copy).
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.truth()
+    }
+
+    /// Whether the node's daemon is leaving (asked by a signal or by `sdc leave`).
+    pub fn wants_leave(&self, node: NodeId) -> bool {
+        self.nodes[node.index()].core.as_ref().is_some_and(|c| c.wants_leave())
+    }
+
+    /// The reads and writes the node's daemons have done so far.
+    pub fn io(&self, node: NodeId) -> (u64, u64) {
+        let n = &self.nodes[node.index()];
+        (n.reads, n.writes)
     }
 
     // --- phases ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 //! Helpers shared by the `cli` and `multiprocess` integration tests.
 //!
-//! * [`sdc`] runs the binary under test and returns its output.
+//! * [`sdc`] runs the binary under test (through `sdc_procs::procs`, like the demo and the
+//!   benchmarks) and returns its output.
 //! * [`Cluster`] is a formatted disk in its own temporary directory, with nodes added, that
-//!   spawns `sdc join` daemons (stderr of each captured to a log file) and kills every one of
-//!   them with SIGKILL when dropped, so a failed test leaves no stray process behind.
+//!   spawns `sdc join` daemons (the output of each in a log file) and kills every one of them
+//!   with SIGKILL when dropped, so a failed test leaves no stray process behind.
 //! * [`Cluster::wait_until`] polls a condition until a deadline and, on timeout, panics with the
 //!   daemons' logs. Tests never sleep and hope.
 //! * [`crc32`], [`flip_byte`], [`assert_unchanged`]: for damaging disks on purpose and checking
@@ -11,14 +12,16 @@
 
 #![allow(dead_code)]
 
+pub use sdc_procs::procs::exit_text;
+use sdc_procs::procs::{log_text, Daemon, Sdc};
 use serde_json::Value;
 use std::cell::RefCell;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -41,29 +44,34 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Between two polls of a condition.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long one command may run: longer than any `--timeout` a test passes (`sdc leave
+/// --timeout 30`), so that a command that hangs fails the test rather than stalling it.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `sdc status` and `sdc inspect` reads of a disk that daemons are writing: a torn read is
+/// read again, at most this many times in all.
+const TORN_READ_TRIES: u32 = 3;
+
 /// Size of the disk files the tests create: room for the layout of 8 nodes.
 pub const DISK_SIZE: &str = "8MiB";
 
 // -------------------------------------------------------------------------------------------
 // Running sdc
 
-fn command<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(SDC);
-    cmd.args(args).stdin(Stdio::null()).env("RUST_BACKTRACE", "1").env_remove("RUST_LOG");
-    cmd
+/// The binary under test; a panic in it shows in full.
+fn bin() -> Sdc {
+    Sdc::new(SDC).with_backtraces()
 }
 
-/// Runs `sdc ARGS` to completion and returns its output.
+/// Runs `sdc ARGS` to completion (within [`COMMAND_DEADLINE`]) and returns its output.
+#[track_caller]
 pub fn sdc<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    command(args).output().expect("run sdc")
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    bin().run(&args, Instant::now() + COMMAND_DEADLINE).unwrap_or_else(|e| panic!("sdc {args:?}: {e}"))
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -245,26 +253,15 @@ pub fn poll_until<T>(
 // -------------------------------------------------------------------------------------------
 // A node daemon
 
-/// One `sdc join` process.
-struct Daemon {
+/// One `sdc join` process of a [`Cluster`].
+struct NodeDaemon {
     node: u16,
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
+    daemon: Daemon,
 }
 
 /// A handle to a daemon spawned by a [`Cluster`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Proc(usize);
-
-/// What a daemon's exit looked like, for messages.
-pub fn exit_text(s: &ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => format!("{s:?}"),
-    }
-}
 
 // -------------------------------------------------------------------------------------------
 // The cluster fixture
@@ -298,17 +295,15 @@ impl ClusterSpec {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub disk: PathBuf,
-    daemons: RefCell<Vec<Daemon>>,
+    daemons: RefCell<Vec<NodeDaemon>>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // SIGKILL every daemon still running (stopped ones too), then reap them all.
+        // SIGKILL every daemon still running (stopped ones too) and reap it, before the
+        // directory with their disk and logs goes.
         for d in self.daemons.get_mut().iter_mut() {
-            if d.exit.is_none() {
-                let _ = d.child.kill();
-                let _ = d.child.wait();
-            }
+            let _ = d.daemon.kill();
         }
         // A failed test keeps its disk and logs for a post-mortem.
         if std::thread::panicking() {
@@ -378,7 +373,7 @@ impl Cluster {
         sdc(&a)
     }
 
-    /// `sdc status --json`, which must succeed.
+    /// `sdc status --json`, which must succeed and report no corrupt record.
     ///
     /// With mmap I/O a read can race a daemon's write of the same record and see it torn; the
     /// record's checksum catches that and status warns of a corrupt record and does not use it
@@ -400,10 +395,12 @@ impl Cluster {
             if !out.status.success() {
                 panic!("sdc status failed: {}\n{}", describe(&out), logs());
             }
-            if stderr(&out).contains("corrupt") && tries < 3 {
-                continue;
+            if !stderr(&out).contains("corrupt") {
+                return json_of(&out);
             }
-            return json_of(&out);
+            if tries >= TORN_READ_TRIES {
+                panic!("sdc status reports corruption in {tries} reads in a row: {}\n{}", describe(&out), logs());
+            }
         }
     }
 
@@ -421,13 +418,17 @@ impl Cluster {
         loop {
             tries += 1;
             let out = self.sdc(&["inspect", "--json"]);
-            if out.status.code() == Some(3) && tries < 3 {
-                continue;
+            // Exit 3: corrupt records found.
+            let corrupt = out.status.code() == Some(3);
+            if out.status.success() {
+                return json_of(&out);
             }
-            if !out.status.success() {
+            if !corrupt {
                 panic!("sdc inspect failed: {}\n{}", describe(&out), logs());
             }
-            return json_of(&out);
+            if tries >= TORN_READ_TRIES {
+                panic!("sdc inspect reports corruption in {tries} reads in a row: {}\n{}", describe(&out), logs());
+            }
         }
     }
 
@@ -442,19 +443,13 @@ impl Cluster {
     pub fn join_with(&self, node: u16, extra: &[&str]) -> Proc {
         let mut daemons = self.daemons.borrow_mut();
         let log = self.dir.path().join(format!("node{node}.{}.log", daemons.len()));
-        let log_file = File::create(&log).expect("create log file");
-        let mut cmd = command(["join", "--disk", self.disk_str(), "--node", &node.to_string()]);
-        cmd.args(extra).stdout(Stdio::null()).stderr(log_file);
-        // SAFETY: prctl is async-signal-safe. The daemon dies with the thread that spawned it,
-        // should the test process die without running Drop.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn sdc join");
-        daemons.push(Daemon { node, child, log, exit: None });
+        let id = node.to_string();
+        let mut args = vec!["join", "--disk", self.disk_str(), "--node", &id];
+        args.extend(extra);
+        // The daemon dies with the thread that spawned it (PR_SET_PDEATHSIG), should the test
+        // process die without running Drop.
+        let daemon = bin().spawn(&args, &log).unwrap_or_else(|e| panic!("sdc join --node {node}: {e}"));
+        daemons.push(NodeDaemon { node, daemon });
         Proc(daemons.len() - 1)
     }
 
@@ -464,7 +459,7 @@ impl Cluster {
     }
 
     pub fn pid(&self, p: Proc) -> i32 {
-        self.daemons.borrow()[p.0].child.id() as i32
+        self.daemons.borrow()[p.0].daemon.pid() as i32
     }
 
     pub fn node_of(&self, p: Proc) -> u16 {
@@ -475,10 +470,9 @@ impl Cluster {
     #[track_caller]
     pub fn signal(&self, p: Proc, sig: i32) {
         let d = &self.daemons.borrow()[p.0];
-        assert!(d.exit.is_none(), "node {} has already exited ({:?})", d.node, d.exit);
-        // SAFETY: kill(2) on our own unreaped child.
-        let rc = unsafe { libc::kill(d.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", d.child.id(), std::io::Error::last_os_error());
+        if let Err(e) = d.daemon.signal(sig) {
+            panic!("signal {sig} to node {} (pid {}): {e}", d.node, d.daemon.pid());
+        }
     }
 
     /// SIGKILLs a daemon and reaps it.
@@ -493,30 +487,34 @@ impl Cluster {
     pub fn try_exit(&self, p: Proc) -> Option<ExitStatus> {
         let mut daemons = self.daemons.borrow_mut();
         let d = &mut daemons[p.0];
-        if d.exit.is_none() {
-            d.exit = d.child.try_wait().expect("try_wait");
-        }
-        d.exit
+        d.daemon.try_wait().unwrap_or_else(|e| panic!("wait for node {} (pid {}): {e}", d.node, d.daemon.pid()))
     }
 
     /// Waits (bounded by [`DEADLINE`]) for the daemon to exit.
     #[track_caller]
     pub fn wait_exit(&self, p: Proc) -> ExitStatus {
-        let node = self.node_of(p);
-        self.wait_for(DEADLINE, &format!("node {node} (pid {}) exits", self.pid(p)), || self.try_exit(p))
+        let (node, pid) = (self.node_of(p), self.pid(p));
+        let waited = self.daemons.borrow_mut()[p.0].daemon.wait(Instant::now() + DEADLINE);
+        match waited {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                panic!("timed out after {DEADLINE:?} waiting until node {node} (pid {pid}) exits\n{}", self.logs())
+            }
+            Err(e) => panic!("wait for node {node} (pid {pid}): {e}\n{}", self.logs()),
+        }
     }
 
     /// Asserts that the daemon is still running.
     #[track_caller]
     pub fn assert_running(&self, p: Proc) {
         if let Some(s) = self.try_exit(p) {
-            panic!("node {} exited unexpectedly ({})\n{}", self.node_of(p), exit_text(&s), self.logs());
+            panic!("node {} exited unexpectedly ({})\n{}", self.node_of(p), exit_text(s), self.logs());
         }
     }
 
     /// One daemon's log so far.
     pub fn log(&self, p: Proc) -> String {
-        std::fs::read_to_string(&self.daemons.borrow()[p.0].log).unwrap_or_default()
+        log_text(self.daemons.borrow()[p.0].daemon.log())
     }
 
     /// Every daemon's log, with a header naming the node, pid and how it ended.
@@ -525,16 +523,16 @@ impl Cluster {
         let mut s = String::new();
         for i in 0..n {
             let state = match self.try_exit(Proc(i)) {
-                Some(st) => exit_text(&st),
+                Some(st) => exit_text(st),
                 None => "running".into(),
             };
             let d = &self.daemons.borrow()[i];
             s += &format!(
                 "--- node {} (pid {}, {state}) log {} ---\n{}\n",
                 d.node,
-                d.child.id(),
-                d.log.display(),
-                std::fs::read_to_string(&d.log).unwrap_or_default()
+                d.daemon.pid(),
+                d.daemon.log().display(),
+                log_text(d.daemon.log())
             );
         }
         if n == 0 {

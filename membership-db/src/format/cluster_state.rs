@@ -26,7 +26,7 @@ const MEMBER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 1 + 4 + 2 + 1 + 1;
 const TRANSITION_BYTES: usize = 8 + 2 + 8 + 1 + 4 + 1 + 1 + 4 + 1 + NodeSet::BYTES;
 
 const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX as u64 <= CLUSTER_STATE_COPY_BYTES);
-const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX % CLUSTER_STATE_RECORD_BYTES == 0);
+const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX.is_multiple_of(CLUSTER_STATE_RECORD_BYTES));
 // The largest state (every layer, every node a member, one transition per node) fits its bound.
 const _: () = assert!(
     CLUSTER_STATE_HEADER_BYTES
@@ -227,7 +227,7 @@ pub struct ClusterState {
 /// Whether `len` can be the length of a cluster state record.
 pub fn valid_cluster_state_len(len: usize) -> bool {
     (CLUSTER_STATE_RECORD_BYTES..=CLUSTER_STATE_RECORD_BYTES_MAX).contains(&len)
-        && len % CLUSTER_STATE_RECORD_BYTES == 0
+        && len.is_multiple_of(CLUSTER_STATE_RECORD_BYTES)
 }
 
 impl ClusterState {

@@ -534,7 +534,7 @@ pub fn validate_address(s: &str) -> Result<(), String> {
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }
@@ -561,9 +561,9 @@ pub fn parse_size(s: &str) -> Result<u64, DbError> {
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
         "kb" => 1000,
-        "mb" => 1000_000,
-        "gb" => 1000_000_000,
-        "tb" => 1000_000_000_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(bad()),
     };
     n.checked_mul(mult).ok_or_else(bad)

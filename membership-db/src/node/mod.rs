@@ -86,6 +86,10 @@ pub enum Action {
     /// Read the cluster state a heartbeat advertises (at startup: the proof that a stale slot's
     /// daemon stopped).
     ReadClusterState(StateRef),
+    /// Read every copy of the cluster state: which nodes were master in which epochs, when a
+    /// damaged claim block leaves that unknown (rare: an extra read in an election, or at the
+    /// start of a daemon whose own block is damaged).
+    ReadClusterStates,
 }
 
 /// The result of the outstanding action.
@@ -98,6 +102,7 @@ pub enum Completion {
     SuperblockRead(Result<Option<[u8; 16]>, IoFailure>),
     NodeTableRead(Result<Vec<Result<NodeEntry, CorruptRecord>>, IoFailure>),
     ClusterStateRead(Result<Result<ClusterState, CorruptRecord>, IoFailure>),
+    ClusterStatesRead(Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>),
 }
 
 /// Why a node fenced itself.
@@ -251,12 +256,14 @@ enum Pending {
     ProbeBeacons,
     ProbeState,
     ProbeClaims,
+    ProbeStates,
     AcquireWrite { issued_at: Millis },
     AcquireCheck,
     FreshClaim,
     Heartbeat { issued_at: Millis },
     Beacons,
     Claims,
+    States,
     ClaimWrite(ClaimWrite),
     Superblock,
     NodeTable,
@@ -477,6 +484,13 @@ impl NodeCore {
         self.watched = nodes;
     }
 
+    /// Learns from cluster state copies which node was master in which epoch.
+    fn note_states(&mut self, copies: &[Result<Option<ClusterState>, CorruptRecord>]) {
+        for s in copies.iter().flatten().flatten() {
+            self.note_acting_master(s.master, s.epoch);
+        }
+    }
+
     /// The membership manager holds a cluster state written by `master` in `epoch`: that node
     /// acted as master in that epoch (the claim rule for damaged blocks needs to know).
     pub fn note_acting_master(&mut self, master: NodeId, epoch: u64) {
@@ -549,12 +563,14 @@ impl NodeCore {
             (Pending::ProbeBeacons, Completion::BeaconsRead(r)) => self.on_probe_beacons(now, r),
             (Pending::ProbeState, Completion::ClusterStateRead(r)) => self.on_probe_state(r),
             (Pending::ProbeClaims, Completion::ClaimsRead(r)) => self.on_probe_claims(now, r),
+            (Pending::ProbeStates, Completion::ClusterStatesRead(r)) => self.on_probe_states(now, r),
             (Pending::AcquireWrite { issued_at }, Completion::Written(r)) => self.on_acquire_write(now, issued_at, r),
             (Pending::AcquireCheck, Completion::BeaconsRead(r)) => self.on_acquire_check(now, r),
             (Pending::FreshClaim, Completion::Written(r)) => self.on_fresh_claim(now, r),
             (Pending::Heartbeat { issued_at }, Completion::Written(r)) => self.on_heartbeat_written(now, issued_at, r),
             (Pending::Beacons, Completion::BeaconsRead(r)) => self.on_beacons(now, r),
             (Pending::Claims, Completion::ClaimsRead(r)) => self.on_claims(now, r),
+            (Pending::States, Completion::ClusterStatesRead(r)) => self.on_states(r),
             (Pending::ClaimWrite(kind), Completion::Written(r)) => self.on_claim_written(kind, r),
             (Pending::Superblock, Completion::SuperblockRead(r)) => self.on_superblock(r),
             (Pending::NodeTable, Completion::NodeTableRead(r)) => self.on_node_table(r),

@@ -39,6 +39,9 @@ pub(super) struct Running {
     pub(super) ticks: u64,
     /// Consecutive reads that found the config stamp unreadable.
     stamp_unreadable: u64,
+    /// The cluster state copies were read in this election (which nodes were master in which
+    /// epochs, for lost claim blocks); forgotten when a master is visible again.
+    states_read: bool,
 }
 
 impl Running {
@@ -63,6 +66,7 @@ impl Running {
             beacon_reads: 0,
             ticks: 0,
             stamp_unreadable: 0,
+            states_read: false,
         }
     }
 
@@ -193,7 +197,7 @@ impl NodeCore {
                 .max()
                 .unwrap_or(0);
             if newer > epoch {
-                return self.finish(Exit::Fenced(FenceReason::Deposed { epoch, newer }));
+                self.finish(Exit::Fenced(FenceReason::Deposed { epoch, newer }));
             }
         } else if r.attempt.is_none() && self.master_gone(now, r) {
             self.follow_up(Action::ReadClaims, Pending::Claims);
@@ -226,6 +230,16 @@ impl NodeCore {
                     self.follow_up(Action::ReadSuperblock, Pending::Superblock);
                     self.follow_up(Action::ReadNodeTable, Pending::NodeTable);
                 }
+            }
+        }
+    }
+
+    pub(super) fn on_states(&mut self, r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>) {
+        match r {
+            Ok(states) => self.note_states(&states),
+            Err(e) => {
+                self.running_mut().states_read = false;
+                self.io_failed(e)
             }
         }
     }
@@ -391,8 +405,17 @@ impl NodeCore {
         }
         let r = self.running().expect("running");
         if !self.master_gone(now, r) {
-            self.running_mut().master_gone_since = None;
+            let r = self.running_mut();
+            r.master_gone_since = None;
+            r.states_read = false;
             return;
+        }
+        let lost = r.claims.iter().any(|v| matches!(v, BlockView::Lost { .. }));
+        if lost && !r.states_read {
+            // A lost block's owner may have been master in epochs its heartbeat no longer
+            // shows: the cluster state copies say, once per election.
+            self.running_mut().states_read = true;
+            return self.follow_up(Action::ReadClusterStates, Pending::States);
         }
         let delay = self.claim_delay_ms(now);
         let me = self.me;

@@ -19,11 +19,14 @@ pub(super) struct Probe {
     /// The newest cluster state read for a proof, so it is read again only when a newer one is
     /// advertised.
     proof_tried: StateRef,
+    /// The claims as read, held while the cluster state copies are read (our own block was
+    /// damaged: which epochs were we master of?).
+    claims: Option<Vec<Copies<Claim>>>,
 }
 
 impl Probe {
     pub(super) fn new(now: Millis) -> Probe {
-        Probe { next_read_at: now, watching: None, proof_tried: StateRef::NONE }
+        Probe { next_read_at: now, watching: None, proof_tried: StateRef::NONE, claims: None }
     }
 }
 
@@ -126,6 +129,36 @@ impl NodeCore {
             Err(e) => return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the claim region: {}", e.0)))),
         };
         self.note_corrupt(RecordKind::Claim, copies.iter().flatten().map(|c| c.as_ref().err()));
+        let me = self.config.node;
+        if copies[me.index()].iter().any(|c| c.is_err()) {
+            // Our block is damaged: before writing a fresh one, learn from the cluster state
+            // which epochs we were master of (our heartbeat may be damaged too).
+            if let Phase::Probe(p) = &mut self.phase {
+                p.claims = Some(copies);
+            }
+            return self.follow_up(Action::ReadClusterStates, Pending::ProbeStates);
+        }
+        self.acquire_with(now, copies);
+    }
+
+    pub(super) fn on_probe_states(
+        &mut self,
+        now: Millis,
+        r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>,
+    ) {
+        match r {
+            Ok(states) => self.note_states(&states),
+            Err(e) => {
+                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the cluster state: {}", e.0))))
+            }
+        }
+        let Phase::Probe(p) = &mut self.phase else { return };
+        let copies = p.claims.take().expect("held while the states are read");
+        self.acquire_with(now, copies);
+    }
+
+    /// Our claim block (fresh when damaged) and our incarnation, then the first heartbeat.
+    fn acquire_with(&mut self, now: Millis, copies: Vec<Copies<Claim>>) {
         let me = self.config.node;
         let own_hb = self.liveness.heartbeat(me).cloned();
         let own_copies = &copies[me.index()];

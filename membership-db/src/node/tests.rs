@@ -127,6 +127,7 @@ impl Sim {
                     })
                 })
                 .collect())),
+            Action::ReadClusterStates => Completion::ClusterStatesRead(Ok(vec![Ok(None); 8])),
             Action::ReadClusterState(_) => Completion::ClusterStateRead(Ok(Err(CorruptRecord {
                 kind: RecordKind::ClusterState,
                 offset: 0,
