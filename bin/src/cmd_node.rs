@@ -60,9 +60,11 @@ pub fn remove(a: NodeRemoveArgs) -> CmdResult {
     let copies = db.read_node_entry_copies()?;
     let mut warnings = Vec::new();
     let current = read_copies(&copies[node.index()], |e| e.seq, "node table entry", &mut warnings);
-    if let Some(e) = current.as_ref().filter(|e| !e.present) {
-        let _ = e;
+    if current.as_ref().is_some_and(|e| !e.present) {
         return fail(format!("node {node} is not in the node table"));
+    }
+    for w in &warnings {
+        eprintln!("sdc: warning: {}", w.text);
     }
     let status = read_status(&db)?;
     if status.nodes.iter().any(|n| n.node == node && n.live) {

@@ -270,7 +270,14 @@ mod tests {
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         let status = status.unwrap_or_else(|| panic!("the stuck node never fenced; stderr:\n{stderr}"));
         assert_eq!(status.code(), Some(EXIT_FENCED), "child stderr:\n{stderr}");
-        assert!(stderr.contains("FENCED"), "child stderr:\n{stderr}");
+        // One fence line, in the format every fence line has: `<UTC> <prefix> FENCED: <why>`.
+        let fenced =
+            stderr.lines().find(|l| l.contains("FENCED")).unwrap_or_else(|| panic!("no FENCED line:\n{stderr}"));
+        assert!(
+            membership_db::time::line_ts(fenced).is_some(),
+            "the watchdog's fence line has no time stamp: {fenced}"
+        );
+        assert!(fenced.contains(" child FENCED: "), "the watchdog's fence line has no prefix: {fenced}");
         assert!(stderr.contains("BecameMaster"), "the node ran before the disk hung:\n{stderr}");
     }
 

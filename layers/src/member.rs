@@ -405,11 +405,14 @@ impl MemberCore {
     /// Hands back the result of the outstanding action.
     pub fn handle_completion(&mut self, now: Millis, completion: Completion) {
         let pending = self.pending.take().expect("a completion without an outstanding action");
-        if let (Pending::Node, Completion::Node(c)) = (&pending, &completion) {
-            self.node.handle_completion(now, c.clone());
-            self.check_node_exit();
-            return;
-        }
+        let (pending, completion) = match (pending, completion) {
+            (Pending::Node, Completion::Node(c)) => {
+                self.node.handle_completion(now, c);
+                self.check_node_exit();
+                return;
+            }
+            other => other,
+        };
         let Phase::Running(p) = &mut self.phase else { return };
         match (pending, completion) {
             (Pending::State(at), Completion::ClusterState(r)) => self.on_state(at, r),
@@ -733,40 +736,34 @@ impl MemberCore {
         if !p.queue.is_empty() {
             return;
         }
-        let Phase::Running(p) = &self.phase else { return };
-        let mut reads = Vec::new();
-        let mut flagged = false;
+        // Disjoint fields: the node core's heartbeats, and our master role.
+        let node = &self.node;
+        let Phase::Running(p) = &mut self.phase else { return };
         let held = p.held.as_ref().map(StateRef::of);
-        let m = p.master.as_ref().expect("checked above");
-        for node in NodeId::all(max_nodes as u16) {
-            if node == me {
+        let Some(m) = p.master.as_mut() else { return };
+        let mut flagged = false;
+        for n in NodeId::all(max_nodes as u16).filter(|n| *n != me) {
+            let Some(hb) = node.heartbeat(n) else { continue };
+            if hb.state != HeartbeatState::Up || node.liveness(now, n).is_gone() {
                 continue;
             }
-            let Some(hb) = self.node.heartbeat(node) else { continue };
-            if hb.state != HeartbeatState::Up || self.node.liveness(now, node).is_gone() {
-                continue;
-            }
-            let stale = m.requests[node.index()]
-                .as_ref()
-                .is_none_or(|r| r.incarnation != hb.incarnation || r.seq < hb.request_seq);
-            if stale && hb.request_seq > 0 && m.bad_requests[node.index()] != hb.request_seq {
-                reads.push((Action::ReadRequest { node, seq: hb.request_seq }, Pending::Request(node, hb.request_seq)));
-            }
+            let i = n.index();
             let stale =
-                m.acks[node.index()].as_ref().is_none_or(|a| a.incarnation != hb.incarnation || a.seq < hb.ack_seq);
-            if stale && hb.ack_seq > 0 && m.bad_acks[node.index()] != hb.ack_seq {
-                reads.push((Action::ReadAcks { node, seq: hb.ack_seq }, Pending::Acks(node, hb.ack_seq)));
+                m.requests[i].as_ref().is_none_or(|r| r.incarnation != hb.incarnation || r.seq < hb.request_seq);
+            if stale && hb.request_seq > 0 && m.bad_requests[i] != hb.request_seq {
+                p.queue.push_back((
+                    Action::ReadRequest { node: n, seq: hb.request_seq },
+                    Pending::Request(n, hb.request_seq),
+                ));
             }
-            if hb.flags & heartbeat_flags::STATE_UNREADABLE != 0
-                && held.is_some_and(|h| h.key() > hb.cluster_state.key())
-            {
-                flagged = true;
+            let stale = m.acks[i].as_ref().is_none_or(|a| a.incarnation != hb.incarnation || a.seq < hb.ack_seq);
+            if stale && hb.ack_seq > 0 && m.bad_acks[i] != hb.ack_seq {
+                p.queue.push_back((Action::ReadAcks { node: n, seq: hb.ack_seq }, Pending::Acks(n, hb.ack_seq)));
             }
+            let cannot_read = hb.flags & heartbeat_flags::STATE_UNREADABLE != 0;
+            flagged |= cannot_read && held.is_some_and(|h| h.key() > hb.cluster_state.key());
         }
-        let p = self.participating();
-        assert!(reads.len() <= QUEUE_MAX, "reads of one look are bounded");
-        p.queue.extend(reads);
-        let m = p.master.as_mut().expect("checked above");
+        assert!(p.queue.len() <= QUEUE_MAX, "reads of one look are bounded");
         m.dirty = true;
         if flagged && m.rewritten_at.is_none_or(|t| now >= t + 2 * hb_ms) {
             m.rewritten_at = Some(now);

@@ -250,17 +250,28 @@ enum Phase {
     Done(Exit),
 }
 
-/// The I/O in flight and what it is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The I/O in flight, what it is for, and what it carries until it completes.
+#[derive(Debug, Clone)]
 enum Pending {
     ProbeBeacons,
     ProbeState,
     ProbeClaims,
-    ProbeStates,
-    AcquireWrite { issued_at: Millis },
+    /// The claims as read, while the cluster state copies are read.
+    ProbeStates {
+        claims: Vec<Copies<Claim>>,
+    },
+    /// The slot's first heartbeat, and what it starts once it lands.
+    AcquireWrite {
+        issued_at: Millis,
+        acquiring: Box<startup::Acquiring>,
+    },
     AcquireCheck,
     FreshClaim,
-    Heartbeat { issued_at: Millis },
+    /// A heartbeat: it becomes the lease's `last_landed` when the write lands.
+    Heartbeat {
+        issued_at: Millis,
+        heartbeat: Box<Heartbeat>,
+    },
     Beacons,
     Claims,
     States,
@@ -273,7 +284,11 @@ enum Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClaimWrite {
     Attempt,
-    Commit { master: bool },
+    /// The decision of `epoch`, for us or for another.
+    Commit {
+        epoch: u64,
+        master: bool,
+    },
     Repair,
 }
 
@@ -296,8 +311,6 @@ pub struct NodeCore {
     follow_ups: VecDeque<(Action, Pending)>,
     /// Heartbeat counter: advances on every write.
     counter: u64,
-    /// The heartbeat being written, until its write completes.
-    writing_heartbeat: Option<Heartbeat>,
     liveness: Liveness,
     table: TableView,
     table_generation: u64,
@@ -336,7 +349,6 @@ impl NodeCore {
             pending: None,
             follow_ups: VecDeque::new(),
             counter: 0,
-            writing_heartbeat: None,
             liveness,
             leave_requests: None,
             advert: Advert::default(),
@@ -563,11 +575,15 @@ impl NodeCore {
             (Pending::ProbeBeacons, Completion::BeaconsRead(r)) => self.on_probe_beacons(now, r),
             (Pending::ProbeState, Completion::ClusterStateRead(r)) => self.on_probe_state(r),
             (Pending::ProbeClaims, Completion::ClaimsRead(r)) => self.on_probe_claims(now, r),
-            (Pending::ProbeStates, Completion::ClusterStatesRead(r)) => self.on_probe_states(now, r),
-            (Pending::AcquireWrite { issued_at }, Completion::Written(r)) => self.on_acquire_write(now, issued_at, r),
+            (Pending::ProbeStates { claims }, Completion::ClusterStatesRead(r)) => self.on_probe_states(now, claims, r),
+            (Pending::AcquireWrite { issued_at, acquiring }, Completion::Written(r)) => {
+                self.on_acquire_write(now, issued_at, *acquiring, r)
+            }
             (Pending::AcquireCheck, Completion::BeaconsRead(r)) => self.on_acquire_check(now, r),
             (Pending::FreshClaim, Completion::Written(r)) => self.on_fresh_claim(now, r),
-            (Pending::Heartbeat { issued_at }, Completion::Written(r)) => self.on_heartbeat_written(now, issued_at, r),
+            (Pending::Heartbeat { issued_at, heartbeat }, Completion::Written(r)) => {
+                self.on_heartbeat_written(now, issued_at, *heartbeat, r)
+            }
             (Pending::Beacons, Completion::BeaconsRead(r)) => self.on_beacons(now, r),
             (Pending::Claims, Completion::ClaimsRead(r)) => self.on_claims(now, r),
             (Pending::States, Completion::ClusterStatesRead(r)) => self.on_states(r),
@@ -597,7 +613,7 @@ impl NodeCore {
 
     fn lease(&self) -> Option<&Lease> {
         match &self.phase {
-            Phase::Acquire(a) => a.lease.as_ref(),
+            Phase::Acquire(a) => Some(&a.lease),
             Phase::Running(r) => Some(&r.lease),
             Phase::Stopping { lease } => Some(lease),
             _ => None,
@@ -609,9 +625,6 @@ impl NodeCore {
     }
 
     fn issue(&mut self, action: Action, pending: Pending) -> Option<Action> {
-        if let Action::WriteHeartbeat(hb) = &action {
-            self.writing_heartbeat = Some(hb.clone());
-        }
         self.pending = Some(pending);
         Some(action)
     }

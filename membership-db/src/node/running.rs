@@ -136,7 +136,8 @@ impl NodeCore {
             }
             let epoch = r.decided_epoch().unwrap_or(0);
             let hb = self.next_heartbeat(HeartbeatState::Up, epoch);
-            return self.issue(Action::WriteHeartbeat(hb), Pending::Heartbeat { issued_at: now });
+            let pending = Pending::Heartbeat { issued_at: now, heartbeat: Box::new(hb.clone()) };
+            return self.issue(Action::WriteHeartbeat(hb), pending);
         }
         if r.next_poll_at.is_some_and(|p| now >= p) {
             r.next_poll_at = Some(now + quarter);
@@ -146,8 +147,13 @@ impl NodeCore {
         None
     }
 
-    pub(super) fn on_heartbeat_written(&mut self, now: Millis, issued_at: Millis, r: Result<(), IoFailure>) {
-        let written = self.writing_heartbeat.take().expect("the heartbeat written is held until it lands");
+    pub(super) fn on_heartbeat_written(
+        &mut self,
+        now: Millis,
+        issued_at: Millis,
+        written: Heartbeat,
+        r: Result<(), IoFailure>,
+    ) {
         match r {
             Ok(()) => {
                 let run = self.running_mut();
@@ -448,7 +454,8 @@ impl NodeCore {
                 match commit {
                     Some(block) => {
                         self.running_mut().own_claim = block.clone();
-                        self.follow_up(Action::WriteClaim(block), Pending::ClaimWrite(ClaimWrite::Commit { master }));
+                        let commit = ClaimWrite::Commit { epoch, master };
+                        self.follow_up(Action::WriteClaim(block), Pending::ClaimWrite(commit));
                     }
                     None if master => self.become_master_of(epoch),
                     None => {}
@@ -481,11 +488,8 @@ impl NodeCore {
                 self.running_mut().attempt = None;
                 self.io_failed(e);
             }
-            (ClaimWrite::Commit { master: true }, Ok(())) => {
-                let (epoch, _) = self.running_mut().known_master.expect("decided before committing");
-                self.become_master_of(epoch);
-            }
-            (ClaimWrite::Commit { master: false }, Ok(())) | (ClaimWrite::Repair, Ok(())) => {}
+            (ClaimWrite::Commit { epoch, master: true }, Ok(())) => self.become_master_of(epoch),
+            (ClaimWrite::Commit { master: false, .. }, Ok(())) | (ClaimWrite::Repair, Ok(())) => {}
             // The next read of the claims finds the copy stale and writes it again.
             (_, Err(e)) => self.io_failed(e),
         }

@@ -19,21 +19,28 @@ pub(super) struct Probe {
     /// The newest cluster state read for a proof, so it is read again only when a newer one is
     /// advertised.
     proof_tried: StateRef,
-    /// The claims as read, held while the cluster state copies are read (our own block was
-    /// damaged: which epochs were we master of?).
-    claims: Option<Vec<Copies<Claim>>>,
 }
 
 impl Probe {
     pub(super) fn new(now: Millis) -> Probe {
-        Probe { next_read_at: now, watching: None, proof_tried: StateRef::NONE, claims: None }
+        Probe { next_read_at: now, watching: None, proof_tried: StateRef::NONE }
     }
+}
+
+/// What the slot's first heartbeat starts, once it lands.
+#[derive(Debug, Clone)]
+pub(super) struct Acquiring {
+    heartbeat: Heartbeat,
+    own: Claim,
+    fresh: bool,
+    claims: Vec<BlockView>,
+    known_master: Option<(u64, ClaimValue)>,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct Acquire {
-    /// Set once the first heartbeat landed.
-    pub(super) lease: Option<Lease>,
+    /// The first heartbeat, landed.
+    pub(super) lease: Lease,
     pub(super) written_at: Millis,
     /// Our claim block as it will be (a fresh one when it was damaged).
     pub(super) own: Claim,
@@ -133,10 +140,7 @@ impl NodeCore {
         if copies[me.index()].iter().any(|c| c.is_err()) {
             // Our block is damaged: before writing a fresh one, learn from the cluster state
             // which epochs we were master of (our heartbeat may be damaged too).
-            if let Phase::Probe(p) = &mut self.phase {
-                p.claims = Some(copies);
-            }
-            return self.follow_up(Action::ReadClusterStates, Pending::ProbeStates);
+            return self.follow_up(Action::ReadClusterStates, Pending::ProbeStates { claims: copies });
         }
         self.acquire_with(now, copies);
     }
@@ -144,6 +148,7 @@ impl NodeCore {
     pub(super) fn on_probe_states(
         &mut self,
         now: Millis,
+        claims: Vec<Copies<Claim>>,
         r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>,
     ) {
         match r {
@@ -152,9 +157,7 @@ impl NodeCore {
                 return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the cluster state: {}", e.0))))
             }
         }
-        let Phase::Probe(p) = &mut self.phase else { return };
-        let copies = p.claims.take().expect("held while the states are read");
-        self.acquire_with(now, copies);
+        self.acquire_with(now, claims);
     }
 
     /// Our claim block (fresh when damaged) and our incarnation, then the first heartbeat.
@@ -200,18 +203,24 @@ impl NodeCore {
         let mut claims = self.block_views(now, &copies);
         claims[me.index()] = BlockView::Read(own.clone());
         let known_master = crate::claim::ClaimSummary::of(&claims).decided;
-        self.phase = Phase::Acquire(Acquire { lease: None, written_at: Millis::MAX, own, fresh, claims, known_master });
-        let hb = self.next_heartbeat(HeartbeatState::Up, 0);
-        self.follow_up(Action::WriteHeartbeat(hb), Pending::AcquireWrite { issued_at: now });
+        let mut heartbeat = self.next_heartbeat(HeartbeatState::Up, 0);
+        heartbeat.claim_epoch = own.epoch;
+        let acquiring = Box::new(Acquiring { heartbeat: heartbeat.clone(), own, fresh, claims, known_master });
+        self.follow_up(Action::WriteHeartbeat(heartbeat), Pending::AcquireWrite { issued_at: now, acquiring });
     }
 
-    pub(super) fn on_acquire_write(&mut self, now: Millis, issued_at: Millis, r: Result<(), IoFailure>) {
+    pub(super) fn on_acquire_write(
+        &mut self,
+        now: Millis,
+        issued_at: Millis,
+        acquiring: Acquiring,
+        r: Result<(), IoFailure>,
+    ) {
         match r {
             Ok(()) => {
-                let last_landed = self.writing_heartbeat.take().expect("the heartbeat written is held until it lands");
-                let Phase::Acquire(a) = &mut self.phase else { unreachable!("acquire phase") };
-                a.lease = Some(Lease { heartbeat_ok_at: issued_at, last_landed });
-                a.written_at = now;
+                let Acquiring { heartbeat, own, fresh, claims, known_master } = acquiring;
+                let lease = Lease { heartbeat_ok_at: issued_at, last_landed: heartbeat };
+                self.phase = Phase::Acquire(Acquire { lease, written_at: now, own, fresh, claims, known_master });
             }
             Err(e) => self.finish(Exit::Refused(Refusal::Io(format!("cannot write the heartbeat slot: {}", e.0)))),
         }
@@ -219,7 +228,7 @@ impl NodeCore {
 
     pub(super) fn poll_acquire(&mut self, now: Millis) -> Option<Action> {
         let Phase::Acquire(a) = &self.phase else { unreachable!("acquire phase") };
-        if a.lease.is_none() || now < a.written_at + self.acquire_wait_ms() {
+        if now < a.written_at + self.acquire_wait_ms() {
             return None;
         }
         let through = self.table.highest().map_or(self.config.node, |h| h.max(self.config.node));
@@ -236,7 +245,7 @@ impl NodeCore {
         let (_, readable) = self.observe(now, beacons);
         let me = self.config.node;
         let Phase::Acquire(a) = &self.phase else { unreachable!("acquire phase") };
-        let lease = a.lease.as_ref().expect("checked after the write landed");
+        let lease = &a.lease;
         if let Some(hb) = self.liveness.heartbeat(me).filter(|_| readable.contains(me)) {
             if (hb.incarnation, hb.counter) != (lease.last_landed.incarnation, lease.last_landed.counter) {
                 return self.finish(Exit::Refused(Refusal::AlreadyRunning(format!(
@@ -269,8 +278,7 @@ impl NodeCore {
         let Phase::Acquire(a) = std::mem::replace(&mut self.phase, Phase::Probe(Probe::new(now))) else {
             unreachable!("acquire phase")
         };
-        let lease = a.lease.expect("running starts with a landed heartbeat");
-        self.phase = Phase::Running(Box::new(Running::new(lease, a.own, a.claims, a.known_master, now)));
+        self.phase = Phase::Running(Box::new(Running::new(a.lease, a.own, a.claims, a.known_master, now)));
         self.event(Event::Started { incarnation: self.me.incarnation });
     }
 }
