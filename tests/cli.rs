@@ -653,3 +653,88 @@ fn lasting_corruption_fails_the_fixtures_status_check() {
     let message = panic.downcast_ref::<String>().map_or("", String::as_str);
     assert!(message.contains("reports corruption in 3 reads in a row"), "{message}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 7: inspect checks every region; format of an empty file
+
+/// Random bytes over one node request copy and one acknowledgement copy: inspect names both,
+/// by offset, in text and in JSON, and exits 3.
+#[test]
+fn inspect_names_damaged_request_and_ack_copies() {
+    let (_dir, disk) = small_cluster();
+    let d = s(&disk);
+    let v = json_of(&sdc(["inspect", "--disk", d, "--json"]));
+    let request = record_offset(&v, "requests", 1, Some(0));
+    let ack = record_offset(&v, "acks", 2, Some(1));
+    let record = (record_offset(&v, "requests", 1, Some(1)) - request) as usize;
+    for off in [request, ack] {
+        write_at(&disk, off, &pseudo_random_bytes(record, off));
+    }
+
+    let out = refused_unchanged(&disk, &["inspect", "--disk", d]);
+    assert_refused_with(&out, 3, "sdc:", &["2 corrupt record"]);
+    for off in [request, ack] {
+        assert!(stdout(&out).contains(&format!("at offset {off}:")), "inspect should name {off}: {}", describe(&out));
+    }
+    let out = sdc(["inspect", "--disk", d, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON");
+    let corrupt: Vec<(&str, u64)> = v["corrupt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(corrupt, vec![("node-request", request), ("acks", ack)]);
+}
+
+/// Random bytes over both superblock copies (magic included) of a formatted disk: a damaged
+/// cluster, not a blank disk. inspect reports both copies as corrupt (exit 3, not 1), and
+/// format will not overwrite it without --force.
+#[test]
+fn random_bytes_over_both_superblocks_are_a_damaged_cluster() {
+    let (_dir, disk) = small_cluster();
+    let d = s(&disk);
+    for copy in [0u64, 4096] {
+        write_at(&disk, copy, &pseudo_random_bytes(4096, copy + 7));
+    }
+    let out = refused_unchanged(&disk, &["inspect", "--disk", d]);
+    assert_refused_with(&out, 3, "sdc:", &["superblock"]);
+    for off in [0, 4096] {
+        assert!(stdout(&out).contains(&format!("at offset {off}:")), "inspect should name {off}: {}", describe(&out));
+    }
+    let out = refused_unchanged(&disk, &["format", "--disk", d, "--cluster", "other", "--max-nodes", "4"]);
+    assert_error(&out, 1, &["damaged", "--force"]);
+}
+
+/// The same disk, with `inspect --json`: the report is JSON (a script reads it), listing both
+/// copies as corrupt.
+#[test]
+fn inspect_json_of_both_superblocks_damaged_is_json() {
+    let (_dir, disk) = small_cluster();
+    for copy in [0u64, 4096] {
+        write_at(&disk, copy, &pseudo_random_bytes(4096, copy + 7));
+    }
+    let out = refused_unchanged(&disk, &["inspect", "--disk", s(&disk), "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json should print JSON ({e}): {}", describe(&out)));
+    let offsets: Vec<u64> = v["corrupt"].as_array().unwrap().iter().map(|c| c["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![0, 4096], "{v:#}");
+}
+
+/// An existing empty file without --size: one line saying it is empty and to give --size (not
+/// to format it, which is what was being done); with --size it is formatted.
+#[test]
+fn format_of_an_empty_file_says_to_give_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("empty.img");
+    std::fs::write(&disk, b"").unwrap();
+    let d = s(&disk);
+    let out = refused_unchanged(&disk, &["format", "--disk", d, "--cluster", "c", "--max-nodes", "4"]);
+    assert_error(&out, 1, &["empty", "--size"]);
+    assert!(!stderr(&out).contains("format it with"), "{}", describe(&out));
+    assert_ok(&sdc(["format", "--disk", d, "--size", DISK_SIZE, "--cluster", "c", "--max-nodes", "4"]));
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 8 << 20);
+    assert_eq!(json_of(&sdc(["status", "--disk", d, "--json"]))["cluster"], "c");
+}

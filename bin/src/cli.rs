@@ -43,9 +43,9 @@ pub enum Command {
     /// Run the node daemon in the foreground: join the cluster through the layers and stay.
     #[command(after_help = "\
 SIGTERM or SIGINT (or `sdc leave`) leaves the cluster gracefully through the layers, marks the
-node's slot down and exits 0. A node that is not a member stops at once; one whose leave no
-master sequences for two dead-ms (no eligible node left) stops without it; a second SIGTERM
-stops at once. An `sdc leave` made while no daemon ran here is honoured when this one starts.
+node's slot down and exits 0. A node that is not a member stops once the master has read that it
+withdraws its join; one whose leave no master sequences for two dead-ms (no eligible node left)
+stops without it (exit 7); a second SIGTERM stops at once. An `sdc leave` made while no daemon ran here is honoured when this one starts.
 Exit status: 0 left cleanly, 1 error (including a refused join, which names the layer),
 4 the node is already running elsewhere, 5 fenced (no heartbeat write for fence-ms, its slot
 was taken, deposed as master, the disk reformatted or truncated), 6 forced out by the other

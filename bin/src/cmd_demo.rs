@@ -233,7 +233,14 @@ impl Demo {
         let nodes: Vec<String> = s
             .nodes
             .iter()
-            .map(|n| format!("node {} {} {}", n.node, n.state.name(), if n.live { "live" } else { "not live" }))
+            .map(|n| {
+                format!(
+                    "node {} {} {}",
+                    n.node,
+                    n.state.map_or("unknown", |s| s.name()),
+                    if n.live { "live" } else { "not live" }
+                )
+            })
             .collect();
         let master = s.master.map_or("none".into(), |m| format!("node {m}"));
         let moving: Vec<String> =
@@ -313,7 +320,7 @@ impl Demo {
     /// Fails unless the disk shows `node` as a live, joined member: what the next step needs.
     fn expect_member(&self, node: u16, before: &str) -> Result<(), Failure> {
         let s = self.status()?;
-        if node_of(&s, node).is_some_and(|n| n.state == MemberState::Joined && n.live) {
+        if node_of(&s, node).is_some_and(|n| n.state == Some(MemberState::Joined) && n.live) {
             return Ok(());
         }
         fail(format!(
@@ -454,7 +461,7 @@ impl Demo {
         let incarnation = self.wait(&format!("node {node} to join"), |d| {
             let s = d.status()?;
             Ok(node_of(&s, node)
-                .filter(|n| n.state == MemberState::Joined && n.live && n.pid == Some(pid))
+                .filter(|n| n.state == Some(MemberState::Joined) && n.live && n.pid == Some(pid))
                 .and_then(|n| n.incarnation))
         })?;
         let steps = render_steps(&self.steps_seen_by(i, "join", node, incarnation));
@@ -497,7 +504,7 @@ impl Demo {
         }
         self.wait(&format!("node {node} to be inactive"), |d| {
             let s = d.status()?;
-            Ok(node_of(&s, node).filter(|n| n.state == MemberState::Inactive && !n.live).map(|_| ()))
+            Ok(node_of(&s, node).filter(|n| n.state == Some(MemberState::Inactive) && !n.live).map(|_| ()))
         })?;
         let steps = render_steps(&self.steps_seen_by(i, "leave", node, incarnation));
         let with = nodes_text(&self.took_part("leave", node, incarnation));
@@ -523,7 +530,7 @@ impl Demo {
         let done_prefix = format!("master: forced-leave of node {node} complete");
         let done_at = self.wait(&format!("the master to force node {node} out"), |d| {
             let s = d.status()?;
-            let out = node_of(&s, node).is_some_and(|n| n.state == MemberState::Inactive && !n.live)
+            let out = node_of(&s, node).is_some_and(|n| n.state == Some(MemberState::Inactive) && !n.live)
                 && !s.transitions.iter().any(|t| t.node == NodeId(node));
             Ok(if out { d.logged(m, &done_prefix, killed_at) } else { None })
         })?;
@@ -559,7 +566,7 @@ impl Demo {
         let done_prefix = format!("master: forced-leave of node {old} complete");
         let done_at = self.wait(&format!("node {new} to force node {old} out"), |d| {
             let s = d.status()?;
-            let out = node_of(&s, old).is_some_and(|n| n.state == MemberState::Inactive && !n.live)
+            let out = node_of(&s, old).is_some_and(|n| n.state == Some(MemberState::Inactive) && !n.live)
                 && !s.transitions.iter().any(|t| t.node == NodeId(old));
             Ok(if out { d.logged(m, &done_prefix, killed_at) } else { None })
         })?;

@@ -52,8 +52,16 @@ pub fn run(a: ReadArgs) -> CmdResult {
     // Both superblocks damaged or overwritten on a disk that holds a cluster (rather than a
     // disk that never held one): report them as corrupt records.
     if let Probe::Damaged(damaged) = probe(disk.as_ref())? {
-        for c in &damaged {
-            println!("{c}");
+        if a.json {
+            print_json(&json!({
+                "disk": { "path": a.disk.disk, "bytes": disk_bytes, "io": described },
+                "superblock": null,
+                "corrupt": damaged.iter().map(corrupt_json).collect::<Vec<_>>(),
+            }))?;
+        } else {
+            for c in &damaged {
+                println!("{c}");
+            }
         }
         eprintln!(
             "sdc: error: both superblock copies of this cluster disk are damaged ({}); reformat it with sdc format --force after stopping every node",

@@ -77,7 +77,7 @@ fn render(s: &ClusterStatus) -> String {
             Some(h) => h.name(),
             None => "unreadable",
         };
-        let state = n.state.name();
+        let state = n.state.map_or("unknown", |s| s.name());
         let _ = writeln!(
             out,
             "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} {}",

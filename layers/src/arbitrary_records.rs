@@ -39,6 +39,8 @@ fn member() -> impl Strategy<Value = Member> {
             ][state as usize],
             incarnation,
             stopped_incarnation: stopped,
+            request_incarnation: incarnation,
+            request_seq: stopped,
             refusal: refusal.map(|(incarnation, reason, order)| JoinRefusal {
                 incarnation,
                 reason: [RefusalReason::BarrierMismatch, RefusalReason::Nacked, RefusalReason::InvalidLayers]

@@ -325,6 +325,7 @@ mod tests {
     /// Regression (issue 7): a node whose request and acknowledgement writes fail while its
     /// heartbeats succeed retried them at once and forever: it spun a core, and SIGTERM could
     /// not stop it. The writes now back off, and a stop request ends the daemon within bounds.
+    /// (Two `dead_ms` here: the node could not write the request withdrawing its join.)
     #[test]
     fn failing_record_writes_back_off_and_a_stop_request_still_ends_the_daemon() {
         let dir = tempfile::tempdir().unwrap();
@@ -364,6 +365,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (exit, _) = daemon.join().unwrap();
-        assert_eq!(exit, Ok(MemberExit::Node(membership_db::node::Exit::Stopped)));
+        // Its join request may have landed for all it knows, and it could not withdraw it: it
+        // says it stopped without a graceful leave rather than claim one.
+        assert!(
+            matches!(&exit, Ok(MemberExit::StoppedWithoutLeave(why)) if why.contains("could not be written")),
+            "{exit:?}"
+        );
     }
 }

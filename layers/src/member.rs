@@ -169,6 +169,10 @@ enum Pending {
     WriteAcks(AckRecord),
 }
 
+/// The master's copies of one kind of node record, and the sequence at which each node's was
+/// found unreadable.
+type RecordsAndBad<'a, T> = (&'a mut Vec<Option<T>>, &'a mut Vec<u64>);
+
 /// The master's side: what it has read of every node, by slot index.
 #[derive(Debug, Clone)]
 struct MasterRole {
@@ -318,7 +322,8 @@ impl MemberCore {
     // --- commands -----------------------------------------------------------------------------
 
     /// Graceful leave (SIGTERM, or `sdc leave`): leave through the layers, then stop. A node
-    /// that is not a member stops at once; one whose leave cannot be sequenced (no master for
+    /// that is not a member stops once the master has read its withdrawn join (or when no master
+    /// is visible for `dead_ms`); one whose leave cannot be sequenced (no master for
     /// two `dead_ms`, or not done within [`LEAVE_MS_MAX`]) stops without it.
     pub fn request_leave(&mut self) {
         match &mut self.phase {
@@ -436,36 +441,12 @@ impl MemberCore {
                 }
                 Err(e) => self.takeover_failed(e),
             },
-            (Pending::Request(n, seq), Completion::Request(r)) => match r {
-                Ok(Ok(record)) => {
-                    if let Some(m) = self.master_mut() {
-                        m.requests[n.index()] = Some(record);
-                        m.dirty = true;
-                    }
-                }
-                Ok(Err(c)) => {
-                    if let Some(m) = self.master_mut() {
-                        m.bad_requests[n.index()] = seq;
-                    }
-                    self.event(MemberEvent::Corrupt(c));
-                }
-                Err(e) => self.io_failed(e),
-            },
-            (Pending::Acks(n, seq), Completion::Acks(r)) => match r {
-                Ok(Ok(record)) => {
-                    if let Some(m) = self.master_mut() {
-                        m.acks[n.index()] = Some(record);
-                        m.dirty = true;
-                    }
-                }
-                Ok(Err(c)) => {
-                    if let Some(m) = self.master_mut() {
-                        m.bad_acks[n.index()] = seq;
-                    }
-                    self.event(MemberEvent::Corrupt(c));
-                }
-                Err(e) => self.io_failed(e),
-            },
+            (Pending::Request(n, seq), Completion::Request(r)) => {
+                self.on_record(n, seq, r, |m| (&mut m.requests, &mut m.bad_requests))
+            }
+            (Pending::Acks(n, seq), Completion::Acks(r)) => {
+                self.on_record(n, seq, r, |m| (&mut m.acks, &mut m.bad_acks))
+            }
             (Pending::WriteState(state), Completion::Written(r)) => match r {
                 Ok(()) => {
                     self.participating().write_backoff_ms = 0;
@@ -515,6 +496,34 @@ impl MemberCore {
         match &mut self.phase {
             Phase::Running(p) => p,
             _ => unreachable!("participating"),
+        }
+    }
+
+    /// A node's request or acknowledgements as the master read them: kept, or remembered as
+    /// unreadable at that sequence (read again when the node advertises another).
+    fn on_record<T>(
+        &mut self,
+        node: NodeId,
+        seq: u64,
+        r: Result<Result<T, CorruptRecord>, IoFailure>,
+        fields: fn(&mut MasterRole) -> RecordsAndBad<'_, T>,
+    ) {
+        match r {
+            Ok(read) => {
+                let corrupt = read.as_ref().err().cloned();
+                if let Some(m) = self.master_mut() {
+                    m.dirty |= read.is_ok();
+                    let (records, bad) = fields(m);
+                    match read {
+                        Ok(record) => records[node.index()] = Some(record),
+                        Err(_) => bad[node.index()] = seq,
+                    }
+                }
+                if let Some(c) = corrupt {
+                    self.event(MemberEvent::Corrupt(c));
+                }
+            }
+            Err(e) => self.io_failed(e),
         }
     }
 
@@ -866,6 +875,7 @@ impl MemberCore {
         let table_leaves = self.node.leave_requests();
         let master_visible = self.node.master_visible(now);
         let dead_ms = self.node.config().timing.dead_ms as Millis;
+        let (me, incarnation) = (self.node.config().node, self.node.incarnation());
         let Phase::Running(p) = &mut self.phase else { return };
         if p.stopping {
             return;
@@ -885,17 +895,29 @@ impl MemberCore {
         let asked = *p.leave_asked_at.get_or_insert(now);
         p.no_master_since = if master_visible { None } else { Some(p.no_master_since.unwrap_or(now)) };
         let member = p.held.as_ref().map(|s| p.participant.self_state(s));
-        match member {
-            // Not a member (or nothing known of the cluster): nothing to leave. The request
-            // record says first which `sdc leave` requests are honoured (so that the next
-            // daemon does not honour them again), unless it cannot be written for long.
-            None | Some(SelfState::Waiting) => {
-                if p.participant.request_to_write().is_none() || now >= asked + dead_ms {
-                    self.stop();
-                }
-                return;
+        if let None | Some(SelfState::Waiting) = member {
+            // Not a member as far as this node knows: nothing to leave, but the master may have
+            // begun (with no layers, even completed) its join in a state not read yet. The
+            // request record withdraws the join (and says which `sdc leave` requests are
+            // honoured, so that the next daemon does not honour them again); the node stops
+            // once the master has read it, or when there is no master to begin a join.
+            let written = p.participant.request_to_write().is_none();
+            let answered = written
+                && p.held.as_ref().is_some_and(|s| s.member(me).request_read(incarnation, p.participant.request_seq()));
+            let no_master = p.no_master_since.is_some_and(|s| now >= s + dead_ms);
+            #[cfg(feature = "planted-bugs")]
+            let answered = answered
+                || written && membership_db::planted::active(membership_db::planted::Bug::StopBeforeWithdrawalRead);
+            if answered || (written && no_master) {
+                self.stop();
+            } else if now >= asked + 2 * dead_ms {
+                self.abandon(if written {
+                    "the master has not read the withdrawn join".into()
+                } else {
+                    "the request record withdrawing the join could not be written".into()
+                });
             }
-            _ => {}
+            return;
         }
         if let Some(since) = p.no_master_since.filter(|s| now >= s + 2 * dead_ms) {
             return self.abandon(format!("no master has been visible for {} ms to sequence the leave", now - since));

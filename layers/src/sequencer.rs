@@ -333,7 +333,10 @@ impl Round<'_> {
             if !self.alive(node, req.incarnation) {
                 continue; // a request of a daemon that is no longer running
             }
-            let m = self.s.member(node);
+            // Answered in the state: a node that withdrew its join stops once it reads this.
+            let m = &mut self.s.members[node.index()];
+            (m.request_incarnation, m.request_seq) = (req.incarnation, req.seq);
+            let m = *m;
             let in_flight = self.s.transition_of(node).cloned();
             match req.want {
                 Want::Join if m.state == MemberState::Inactive && in_flight.is_none() => {

@@ -23,6 +23,10 @@ pub enum Bug {
     /// A daemon starts from the node table's leave count as if it were honoured (issue 7: an
     /// `sdc leave` issued while the daemon restarts is lost).
     ForgetPendingLeave,
+    /// A node asked to stop before it learnt of its join stops as soon as its withdrawal is
+    /// written (found in review of issue 7: the master may have begun, even completed, the join
+    /// meanwhile, and then forces out a node that reported a graceful stop).
+    StopBeforeWithdrawalRead,
 }
 
 thread_local! {

@@ -32,8 +32,10 @@ pub struct Snapshot {
 pub struct NodeStatus {
     pub node: NodeId,
     pub name: String,
-    /// Membership state, as the master last recorded it.
-    pub state: MemberState,
+    /// Membership state, as the master last recorded it; `None` (shown as unknown) when no
+    /// readable copy of the cluster state holds it while one should exist (every copy damaged,
+    /// or the master holds a state no copy has).
+    pub state: Option<MemberState>,
     pub live: bool,
     pub heartbeat_age_ms: Option<u64>,
     pub master_eligible: bool,
@@ -191,9 +193,14 @@ impl ClusterStatus {
             }
         }
 
-        let member_state = |node: NodeId, hb: Option<&Heartbeat>| -> MemberState {
-            let Some(member) = state.as_ref().map(|c| c.member(node)) else { return MemberState::Inactive };
-            match hb {
+        // No readable state: a fresh cluster (every node inactive), or a damaged one (unknown).
+        let state_lost = state.is_none()
+            && (s.cluster_states.iter().any(|c| c.is_err()) || master_hb.is_some_and(|m| !m.cluster_state.is_none()));
+        let member_state = |node: NodeId, hb: Option<&Heartbeat>| -> Option<MemberState> {
+            let Some(member) = state.as_ref().map(|c| c.member(node)) else {
+                return (!state_lost).then_some(MemberState::Inactive);
+            };
+            Some(match hb {
                 // The master records one incarnation; a newer one running is not a member yet.
                 Some(hb)
                     if hb.state == HeartbeatState::Up
@@ -203,7 +210,7 @@ impl ClusterStatus {
                     MemberState::Inactive
                 }
                 _ => member.state,
-            }
+            })
         };
 
         let mut nodes = Vec::new();

@@ -30,8 +30,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `2026-11-24T05:01:02.345Z`
-pub fn utc(unix_ms: u64) -> String {
+/// The fields of the UTC time `unix_ms`: year, month, day, hour, minute, second, millisecond.
+fn civil(unix_ms: u64) -> [u64; 7] {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (the inverse of `days_from_civil`).
@@ -41,36 +41,25 @@ pub fn utc(unix_ms: u64) -> String {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let year = (yoe + era * 400 + (month <= 2) as i64).clamp(0, 9999) as u64;
+    [year, month, day, rem / 3600, rem % 3600 / 60, rem % 60, unix_ms % 1000]
+}
+
+/// `2026-11-24T05:01:02.345Z`
+pub fn utc(unix_ms: u64) -> String {
+    let mut buf = [0u8; 24];
+    utc_into(unix_ms, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// [`utc`] into a fixed buffer, without allocating: for the one line a signal handler writes.
 pub fn utc_into(unix_ms: u64, out: &mut [u8; 24]) {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let year = (yoe + era * 400 + (month <= 2) as i64).clamp(0, 9999) as u64;
-    let fields: [(u64, usize); 7] =
-        [(year, 4), (month, 2), (day, 2), (rem / 3600, 2), (rem % 3600 / 60, 2), (rem % 60, 2), (unix_ms % 1000, 3)];
+    let widths = [4, 2, 2, 2, 2, 2, 3];
     let seps = [b'-', b'-', b'T', b':', b':', b'.', b'Z'];
     let mut at = 0;
-    for ((value, width), sep) in fields.into_iter().zip(seps) {
+    for ((value, width), sep) in civil(unix_ms).into_iter().zip(widths).zip(seps) {
         let mut v = value;
         for i in (0..width).rev() {
             out[at + i] = b'0' + (v % 10) as u8;

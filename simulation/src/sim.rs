@@ -202,6 +202,9 @@ pub struct World {
     table: Vec<NodeEntry>,
     /// `sdc leave` requests not yet honoured by a daemon, per node.
     owed_leaves: Vec<bool>,
+    /// Daemons (node, incarnation) that reported a graceful stop (left, or never a member): the
+    /// cluster must never have to force one of them out.
+    graceful_stops: BTreeSet<(u16, u64)>,
     /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
     echo: bool,
 }
@@ -293,6 +296,7 @@ impl World {
             observer,
             table,
             owed_leaves: vec![false; config_nodes],
+            graceful_stops: BTreeSet::new(),
             echo: std::env::var_os("SIM_TRACE").is_some(),
         };
         for i in 0..w.nodes.len() {
@@ -913,12 +917,16 @@ impl World {
 
     fn end_node(&mut self, i: usize, exit: MemberExit, how: &str) {
         let id = self.nodes[i].id;
-        self.nodes[i].core = None;
+        // The incarnation this daemon ran as (0 if it stopped before it took its slot).
+        let incarnation = self.nodes[i].core.take().map_or(0, |c| c.node().incarnation());
         self.nodes[i].inbox.clear();
         self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: {how}: {exit:?}"));
         if matches!(exit, MemberExit::Node(Exit::Stopped) | MemberExit::StoppedWithoutLeave(_)) {
             self.owed_leaves[i] = false;
+        }
+        if exit == MemberExit::Node(Exit::Stopped) && incarnation > 0 {
+            self.graceful_stops.insert((id.0, incarnation));
         }
         self.count(match exit {
             MemberExit::Node(Exit::Stopped) => "left",
@@ -953,8 +961,19 @@ impl World {
             events.push(e);
         }
         for e in events {
-            if matches!(e, MemberEvent::Sequenced(SeqEvent::Started(_))) {
+            if let MemberEvent::Sequenced(SeqEvent::Started(t)) = &e {
                 self.outcome.transitions += 1;
+                if t.kind == TransitionKind::ForcedLeave
+                    && self.graceful_stops.contains(&(t.subject.0, t.subject_incarnation))
+                {
+                    return fail(
+                        "honest-stop",
+                        format!(
+                            "node {} incarnation {} reported a graceful stop, and is being forced out",
+                            t.subject, t.subject_incarnation
+                        ),
+                    );
+                }
             }
             if !matches!(e, MemberEvent::Node(node::Event::NodeLive { .. })) {
                 self.log(format!("node {id}: {e}"));

@@ -61,6 +61,11 @@ fn leave_forgotten_across_a_restart_is_caught() {
 }
 
 #[test]
+fn stop_before_the_withdrawn_join_is_read_is_caught() {
+    assert_caught(Bug::StopBeforeWithdrawalRead, &["honest-stop"]);
+}
+
+#[test]
 fn without_a_planted_bug_the_same_seeds_pass() {
     plant(None);
     for seed in 0..50 {

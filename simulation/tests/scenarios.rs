@@ -216,3 +216,29 @@ fn an_idle_cluster_does_one_read_and_one_write_per_node_per_heartbeat() {
         Ok(())
     })());
 }
+
+/// A node asked to stop after the master began its join, but before it read that state, stops
+/// only once the master has read its withdrawn join: the join turns into a leave through the
+/// layers, the stop is graceful, and nobody is forced out (`honest-stop`).
+#[test]
+fn stop_during_a_join_the_node_has_not_read_is_graceful() {
+    for seed in 0..5 {
+        check((|| {
+            let mut w = started(3, 40 + seed)?;
+            w.leave(NodeId(3));
+            w.run_until(10_000, "node 3 left", |w| !w.is_running(NodeId(3)))?;
+            w.start(NodeId(3));
+            w.run_until(10_000, "the master began node 3's join", |w| {
+                w.member(NodeId(3)).state == MemberState::Joining
+            })?;
+            w.leave(NodeId(3));
+            w.run_until(10_000, "node 3 stopped", |w| !w.is_running(NodeId(3)))?;
+            assert_eq!(w.exits(NodeId(3)).last(), Some(&MemberExit::Node(Exit::Stopped)));
+            w.run_until(10_000, "node 3 inactive, nothing in flight", |w| {
+                w.member(NodeId(3)).state == MemberState::Inactive
+                    && w.cluster_state().is_some_and(|s| s.transitions.is_empty())
+            })?;
+            w.run_for(2 * DEAD)
+        })());
+    }
+}

@@ -22,7 +22,7 @@ pub const CLUSTER_STATE_RECORD_BYTES_MAX: usize = 32 * 1024;
 
 const CLUSTER_STATE_HEADER_BYTES: usize = 4 + 2 + 4 + 8 * 2 + 2 + 8 * 3;
 pub(super) const LAYER_BYTES: usize = 4 + 1 + LAYER_NAME_BYTES_MAX + 3;
-const MEMBER_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 1 + 4 + 2 + 1 + 1;
+const MEMBER_BYTES: usize = 1 + 8 + 8 + 8 + 8 + 1 + 8 + 1 + 4 + 2 + 1 + 1;
 const TRANSITION_BYTES: usize = 8 + 2 + 8 + 1 + 4 + 1 + 1 + 4 + 1 + NodeSet::BYTES;
 
 const _: () = assert!(CLUSTER_STATE_RECORD_BYTES_MAX as u64 <= CLUSTER_STATE_COPY_BYTES);
@@ -174,12 +174,29 @@ pub struct Member {
     /// `dead_ms`, or marked down or fenced): that daemon can never write again, so a restarted
     /// daemon that finds it here need not watch its stale slot for `dead_ms`.
     pub stopped_incarnation: u64,
+    /// The newest request of this node the master has read: the incarnation of the daemon that
+    /// wrote it and the record's sequence number. A node that withdraws its join before it
+    /// learnt of one stops only once its withdrawal is read, so that no join the master began
+    /// meanwhile is left to be forced out.
+    pub request_incarnation: u64,
+    pub request_seq: u64,
     pub refusal: Option<JoinRefusal>,
 }
 
 impl Member {
-    pub const INACTIVE: Member =
-        Member { state: MemberState::Inactive, incarnation: 0, stopped_incarnation: 0, refusal: None };
+    pub const INACTIVE: Member = Member {
+        state: MemberState::Inactive,
+        incarnation: 0,
+        stopped_incarnation: 0,
+        request_incarnation: 0,
+        request_seq: 0,
+        refusal: None,
+    };
+
+    /// Whether the master has read this node's request `seq` (or a newer one) of `incarnation`.
+    pub fn request_read(&self, incarnation: u64, seq: u64) -> bool {
+        self.request_incarnation == incarnation && self.request_seq >= seq
+    }
 }
 
 /// Where a transition is: a layer (by order) and a barrier within it.
@@ -306,6 +323,8 @@ impl ClusterState {
             e.u8(m.state as u8);
             e.u64(m.incarnation);
             e.u64(m.stopped_incarnation);
+            e.u64(m.request_incarnation);
+            e.u64(m.request_seq);
             match &m.refusal {
                 None => e.bytes(&[0u8; 1 + 8 + 1 + 4 + 2 + 1 + 1]),
                 Some(r) => {
@@ -387,6 +406,7 @@ impl ClusterState {
             let state = MemberState::from_u8(raw).ok_or_else(|| d.invalid(format!("member state {raw}")))?;
             let incarnation = d.u64()?;
             let stopped_incarnation = d.u64()?;
+            let (request_incarnation, request_seq) = (d.u64()?, d.u64()?);
             let has_refusal = decode_bool(d.u8()?, "refusal", &d)?;
             let (r_inc, r_reason, order, node, ours, theirs) =
                 (d.u64()?, d.u8()?, d.u32()?, d.u16()?, d.u8()?, d.u8()?);
@@ -397,7 +417,7 @@ impl ClusterState {
             } else {
                 None
             };
-            *m = Member { state, incarnation, stopped_incarnation, refusal };
+            *m = Member { state, incarnation, stopped_incarnation, request_incarnation, request_seq, refusal };
         }
         let transition_count = d.u16()? as usize;
         if transition_count > max_nodes as usize {

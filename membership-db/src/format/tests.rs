@@ -156,12 +156,16 @@ fn member() -> impl Strategy<Value = Member> {
             theirs,
         })
     });
-    (0u8..=4, any::<(u64, u64)>(), refusal).prop_map(|(state, (incarnation, stopped_incarnation), refusal)| Member {
-        state: MemberState::from_u8(state).unwrap(),
-        incarnation,
-        stopped_incarnation,
-        refusal,
-    })
+    (0u8..=4, any::<(u64, u64, u64, u64)>(), refusal).prop_map(
+        |(state, (incarnation, stopped_incarnation, request_incarnation, request_seq), refusal)| Member {
+            state: MemberState::from_u8(state).unwrap(),
+            incarnation,
+            stopped_incarnation,
+            request_incarnation,
+            request_seq,
+            refusal,
+        },
+    )
 }
 fn cluster_state() -> impl Strategy<Value = ClusterState> {
     (1u16..=NODES_MAX, any::<(u64, u64, u64, u64)>(), 1u64..u64::MAX / 2, layers())
@@ -488,7 +492,7 @@ fn cluster_state_grows_with_the_nodes_that_ran_not_with_max_nodes() {
     let mut s = ClusterState { seq: 1, ..ClusterState::new(NODES_MAX, 1, NodeId(1), 1) };
     assert_eq!(s.encoded_len(), CLUSTER_STATE_RECORD_BYTES);
     for m in s.members.iter_mut() {
-        *m = Member { state: MemberState::Joined, incarnation: 1, stopped_incarnation: 0, refusal: None };
+        *m = Member { state: MemberState::Joined, incarnation: 1, ..Member::INACTIVE };
     }
     s.transitions = NodeId::all(NODES_MAX)
         .map(|n| Transition {

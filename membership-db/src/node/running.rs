@@ -263,7 +263,12 @@ impl NodeCore {
     pub(super) fn on_node_table(&mut self, r: Result<Vec<Result<NodeEntry, CorruptRecord>>, IoFailure>) {
         let table = match r {
             Ok(t) => t,
-            Err(e) => return self.io_failed(e),
+            Err(e) => {
+                // Read again at the next beacon that shows the new generation: a table change
+                // (an `sdc leave`, a node added) must not be missed for one failed read.
+                self.stamp_generation = None;
+                return self.io_failed(e);
+            }
         };
         self.note_corrupt(RecordKind::NodeEntry, table.iter().map(|e| e.as_ref().err()));
         self.table = TableView::of(&table);

@@ -32,6 +32,10 @@ struct Sim {
     seed: u64,
     /// The cluster UUID the superblock holds (changed by a "reformat").
     uuid: [u8; 16],
+    /// `sdc leave` requests counted in every node's table entry.
+    leave_requests: u64,
+    /// Reads of the node table fail with EIO.
+    table_eio: bool,
 }
 
 fn corrupt(kind: RecordKind, offset: u64) -> CorruptRecord {
@@ -62,6 +66,8 @@ impl Sim {
             masters: MasterChecker::new(),
             seed,
             uuid: [9; 16],
+            leave_requests: 0,
+            table_eio: false,
         }
     }
 
@@ -117,12 +123,14 @@ impl Sim {
             })),
             Action::ReadClaims => Completion::ClaimsRead(Ok(self.claim_copies())),
             Action::ReadSuperblock => Completion::SuperblockRead(Ok(Some(self.uuid))),
+            Action::ReadNodeTable if self.table_eio => Completion::NodeTableRead(Err(IoFailure("EIO".into()))),
             Action::ReadNodeTable => Completion::NodeTableRead(Ok(NodeId::all(self.n())
                 .map(|id| {
                     Ok(NodeEntry {
                         present: true,
                         master_eligible: self.eligible.contains(id),
                         name: format!("n{id}"),
+                        leave_requests: self.leave_requests,
                         ..NodeEntry::absent(id, 2)
                     })
                 })
@@ -260,6 +268,23 @@ fn an_idle_node_does_one_write_and_one_read_per_heartbeat() {
         assert!((0.9..=1.1).contains(&reads), "node {}: {reads:.2} reads per interval", i + 1);
         assert!((0.9..=1.1).contains(&writes), "node {}: {writes:.2} writes per interval", i + 1);
     }
+}
+
+/// A node table change (here an `sdc leave`) is read even when the first read of it fails.
+#[test]
+fn a_table_change_is_read_again_after_a_failed_read() {
+    let mut sim = Sim::new(3, ALL3, 5);
+    sim.run_until(3000, "a master known to all", |s| s.master().is_some_and(|m| s.everyone_knows(m)));
+    sim.table_eio = true;
+    sim.leave_requests = 1;
+    sim.stamp.table_generation = 2;
+    let t = sim.now;
+    sim.run_until(2000, "two seconds of failing table reads", |s| s.now > t + 500);
+    assert!(sim.slots.iter().all(|s| s.core.as_ref().unwrap().leave_requests() != Some(1)));
+    sim.table_eio = false;
+    sim.run_until(1000, "every node read the changed table", |s| {
+        s.slots.iter().all(|s| s.core.as_ref().unwrap().leave_requests() == Some(1))
+    });
 }
 
 #[test]
