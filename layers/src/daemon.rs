@@ -158,25 +158,48 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
-    /// A disk whose writes block forever once `hang_after` writes have been made: a lost SAN
-    /// path, where the syscall never returns.
-    struct HangingDisk {
-        inner: Box<dyn Disk>,
-        writes: AtomicU64,
-        hang_after: u64,
+    /// What goes wrong with a [`FaultyDisk`]'s writes.
+    enum WriteFault {
+        /// Every write blocks forever once this many have been made: a lost SAN path, where
+        /// the syscall never returns.
+        HangAfter(u64),
+        /// Every write touching this byte range fails with EIO: a bad range of a LUN.
+        FailRange(u64, u64),
     }
 
-    impl Disk for HangingDisk {
+    /// A disk (a real one underneath) whose writes go wrong as `fault` says; `writes` counts
+    /// the writes attempted (`HangAfter`) or failed (`FailRange`).
+    struct FaultyDisk {
+        inner: Box<dyn Disk>,
+        fault: WriteFault,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl Disk for FaultyDisk {
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
             self.inner.read_at(offset, buf)
         }
         fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
-            if self.writes.fetch_add(1, Ordering::SeqCst) >= self.hang_after {
-                loop {
-                    std::thread::sleep(Duration::from_secs(3600));
+            match self.fault {
+                WriteFault::HangAfter(n) => {
+                    if self.writes.fetch_add(1, Ordering::SeqCst) >= n {
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
+                }
+                WriteFault::FailRange(start, end) => {
+                    if offset < end && offset + data.len() as u64 > start {
+                        self.writes.fetch_add(1, Ordering::SeqCst);
+                        let source = std::io::Error::from_raw_os_error(EIO);
+                        return Err(DbError::Io { op: "writing", offset, len: data.len(), source });
+                    }
                 }
             }
             self.inner.write_at(offset, data)
+        }
+        fn write_visible_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
+            self.write_at(offset, data)
         }
         fn len_bytes(&self) -> u64 {
             self.inner.len_bytes()
@@ -185,8 +208,24 @@ mod tests {
             self.inner.sector_bytes()
         }
         fn describe(&self) -> String {
-            "hanging".into()
+            "faulty".into()
         }
+    }
+
+    /// Linux's errno for an I/O error.
+    const EIO: i32 = 5;
+
+    /// A 16 MiB disk file at `path` formatted for two nodes; returns its layout.
+    fn formatted(path: &std::path::Path) -> membership_db::format::Layout {
+        std::fs::File::create(path).unwrap().set_len(16 << 20).unwrap();
+        let params = FormatParams {
+            cluster_name: "w".into(),
+            max_nodes: 2,
+            timing: TIMING,
+            cluster_uuid: [1; 16],
+            now_unix_ms: 0,
+        };
+        MembershipDb::format(open_disk(path, IoMode::Mmap, true).unwrap(), &params).unwrap().layout().clone()
     }
 
     const CHILD_ENV: &str = "SDC_TEST_HANGING_DISK_CHILD";
@@ -210,20 +249,12 @@ mod tests {
     /// In the child: run a node whose disk hangs after a few seconds of heartbeats.
     fn child(dir: &str) -> ! {
         let path = std::path::Path::new(dir).join("disk");
-        std::fs::File::create(&path).unwrap().set_len(16 << 20).unwrap();
-        let params = FormatParams {
-            cluster_name: "w".into(),
-            max_nodes: 2,
-            timing: TIMING,
-            cluster_uuid: [1; 16],
-            now_unix_ms: 0,
-        };
-        drop(MembershipDb::format(open_disk(&path, IoMode::Mmap, true).unwrap(), &params).unwrap());
+        formatted(&path);
         // 40 writes: acquisition, election, joining, and about a second of heartbeats.
-        let disk = HangingDisk {
+        let disk = FaultyDisk {
             inner: open_disk(&path, IoMode::Mmap, true).unwrap(),
-            writes: AtomicU64::new(0),
-            hang_after: 40,
+            fault: WriteFault::HangAfter(40),
+            writes: Arc::new(AtomicU64::new(0)),
         };
         let db = MembershipDb::open(Box::new(disk)).unwrap();
         let config = test_config(2);
@@ -281,47 +312,6 @@ mod tests {
         assert!(stderr.contains("BecameMaster"), "the node ran before the disk hung:\n{stderr}");
     }
 
-    /// A disk on which every write to one byte range fails with EIO: a bad range of a LUN.
-    struct FailingRangeDisk {
-        inner: Box<dyn Disk>,
-        range: (u64, u64),
-        failed_writes: Arc<AtomicU64>,
-    }
-
-    impl Disk for FailingRangeDisk {
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DbError> {
-            self.inner.read_at(offset, buf)
-        }
-        fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
-            if offset < self.range.1 && offset + data.len() as u64 > self.range.0 {
-                self.failed_writes.fetch_add(1, Ordering::SeqCst);
-                return Err(DbError::Io {
-                    op: "writing",
-                    offset,
-                    len: data.len(),
-                    source: std::io::Error::from_raw_os_error(libc_eio()),
-                });
-            }
-            self.inner.write_at(offset, data)
-        }
-        fn write_visible_at(&self, offset: u64, data: &[u8]) -> Result<(), DbError> {
-            self.write_at(offset, data)
-        }
-        fn len_bytes(&self) -> u64 {
-            self.inner.len_bytes()
-        }
-        fn sector_bytes(&self) -> u32 {
-            self.inner.sector_bytes()
-        }
-        fn describe(&self) -> String {
-            "failing range".into()
-        }
-    }
-
-    const fn libc_eio() -> i32 {
-        5
-    }
-
     /// Regression (issue 7): a node whose request and acknowledgement writes fail while its
     /// heartbeats succeed retried them at once and forever: it spun a core, and SIGTERM could
     /// not stop it. The writes now back off, and a stop request ends the daemon within bounds.
@@ -330,22 +320,12 @@ mod tests {
     fn failing_record_writes_back_off_and_a_stop_request_still_ends_the_daemon() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
-        std::fs::File::create(&path).unwrap().set_len(16 << 20).unwrap();
-        let params = FormatParams {
-            cluster_name: "w".into(),
-            max_nodes: 2,
-            timing: TIMING,
-            cluster_uuid: [1; 16],
-            now_unix_ms: 0,
-        };
-        let layout =
-            MembershipDb::format(open_disk(&path, IoMode::Mmap, true).unwrap(), &params).unwrap().layout().clone();
-        let records = layout.region(membership_db::format::RegionKind::NodeRecords);
+        let records = formatted(&path).region(membership_db::format::RegionKind::NodeRecords);
         let failed_writes = Arc::new(AtomicU64::new(0));
-        let disk = FailingRangeDisk {
+        let disk = FaultyDisk {
             inner: open_disk(&path, IoMode::Mmap, true).unwrap(),
-            range: (records.offset, records.end()),
-            failed_writes: failed_writes.clone(),
+            fault: WriteFault::FailRange(records.offset, records.end()),
+            writes: failed_writes.clone(),
         };
         let db = MembershipDb::open(Box::new(disk)).unwrap();
         let stops = Arc::new(AtomicUsize::new(0));
