@@ -421,7 +421,7 @@ impl MemberCore {
         let Phase::Running(p) = &mut self.phase else { return };
         match (pending, completion) {
             (Pending::State(at), Completion::ClusterState(r)) => self.on_state(at, r),
-            (Pending::AllStates, Completion::AllClusterStates(r)) => self.on_all_states(r),
+            (Pending::AllStates, Completion::AllClusterStates(r)) => self.on_all_states(now, r),
             (Pending::AllRequests, Completion::AllRequests(r)) => match r {
                 Ok(copies) => {
                     let records = self.newest_of(&copies, |r| r.seq);
@@ -429,7 +429,7 @@ impl MemberCore {
                         m.requests = records;
                     }
                 }
-                Err(e) => self.takeover_failed(e),
+                Err(e) => self.takeover_failed(now, e),
             },
             (Pending::AllAcks, Completion::AllAcks(r)) => match r {
                 Ok(copies) => {
@@ -439,7 +439,7 @@ impl MemberCore {
                         m.taken_over = true;
                     }
                 }
-                Err(e) => self.takeover_failed(e),
+                Err(e) => self.takeover_failed(now, e),
             },
             (Pending::Request(n, seq), Completion::Request(r)) => {
                 self.on_record(n, seq, r, |m| (&mut m.requests, &mut m.bad_requests))
@@ -609,12 +609,14 @@ impl MemberCore {
         self.event(MemberEvent::IoFailed(e.0));
     }
 
-    fn takeover_failed(&mut self, e: IoFailure) {
-        // Taken over again from the start at the next look.
-        if let Phase::Running(p) = &mut self.phase {
-            p.master = None;
-            p.queue.clear();
-        }
+    /// A read of the master's takeover failed: taken over again from the start, after the
+    /// same back-off as a failed write (a record region that fails must not make the master
+    /// read it, and log it, in a loop).
+    fn takeover_failed(&mut self, now: Millis, e: IoFailure) {
+        self.back_off(now);
+        let p = self.participating();
+        p.master = None;
+        p.queue.clear();
         self.io_failed(e);
     }
 
@@ -623,6 +625,16 @@ impl MemberCore {
     /// heartbeats succeed neither spins nor stops answering a stop request (it fences if the
     /// heartbeats fail too).
     fn write_failed(&mut self, now: Millis, e: IoFailure) {
+        self.back_off(now);
+        if let Some(m) = self.participating().master.as_mut() {
+            m.dirty = true;
+        }
+        self.io_failed(e);
+    }
+
+    /// The next membership write (or takeover) waits: a quarter interval, doubling with each
+    /// failure up to [`WRITE_RETRY_INTERVALS_MAX`] intervals; a success resets it.
+    fn back_off(&mut self, now: Millis) {
         let quarter = (self.node.config().timing.heartbeat_ms as Millis / 4).max(1);
         let max = WRITE_RETRY_INTERVALS_MAX * self.node.config().timing.heartbeat_ms as Millis;
         let p = self.participating();
@@ -632,10 +644,6 @@ impl MemberCore {
         if membership_db::planted::active(membership_db::planted::Bug::RetryWriteAtOnce) {
             p.write_retry_at = now;
         }
-        if let Some(m) = p.master.as_mut() {
-            m.dirty = true;
-        }
-        self.io_failed(e);
     }
 
     /// What the heartbeat publishes: the state held, the sequences of our records, and whether
@@ -724,6 +732,9 @@ impl MemberCore {
         let hb_ms = self.node.config().timing.heartbeat_ms as Millis;
         let p = self.participating();
         if p.master.as_ref().is_none_or(|m| m.epoch != epoch) {
+            if now < p.write_retry_at {
+                return; // a takeover failed: after the back-off
+            }
             // Just became master: read every copy and every node's records, once.
             p.master = Some(MasterRole {
                 epoch,
@@ -780,10 +791,10 @@ impl MemberCore {
         }
     }
 
-    fn on_all_states(&mut self, r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>) {
+    fn on_all_states(&mut self, now: Millis, r: Result<Vec<Result<Option<ClusterState>, CorruptRecord>>, IoFailure>) {
         let copies = match r {
             Ok(c) => c,
-            Err(e) => return self.takeover_failed(e),
+            Err(e) => return self.takeover_failed(now, e),
         };
         for bad in copies.iter().filter_map(|c| c.as_ref().err()) {
             self.event(MemberEvent::Corrupt(bad.clone()));

@@ -47,7 +47,8 @@ pub struct PathFaults {
     pub eio: bool,
     /// I/O that touches this byte range fails with EIO.
     pub eio_range: Option<(u64, u64)>,
-    /// Writes land only up to this many sectors (a crash in the middle of the write).
+    /// The sectors that still land before the process dies (a crash in the middle of an
+    /// action's writes, which are issued one after the other).
     pub tear_after_sectors: Option<usize>,
 }
 
@@ -105,7 +106,15 @@ impl Disk for NodePath {
             return Err(eio("writing", offset, data.len()));
         }
         let land = match faults.tear_after_sectors {
-            Some(sectors) => (sectors * SECTOR_BYTES).min(data.len()),
+            // The process dies during this write: what lands of it is taken from the budget,
+            // and the writes it would have made next (the mirror copy of a cluster state, say)
+            // never happen.
+            Some(sectors) => {
+                let land = (sectors * SECTOR_BYTES).min(data.len());
+                let left = sectors - land / SECTOR_BYTES;
+                self.faults.lock().expect("single-threaded simulation").tear_after_sectors = Some(left);
+                land
+            }
             None => data.len(),
         };
         bytes[offset as usize..offset as usize + land].copy_from_slice(&data[..land]);

@@ -174,6 +174,8 @@ struct SimNode {
     reads: u64,
     writes: u64,
     exits: Vec<MemberExit>,
+    /// The incarnation the current daemon runs as, once it took its slot.
+    ran_incarnation: Option<u64>,
 }
 
 impl SimNode {
@@ -205,6 +207,11 @@ pub struct World {
     /// Daemons (node, incarnation) that reported a graceful stop (left, or never a member): the
     /// cluster must never have to force one of them out.
     graceful_stops: BTreeSet<(u16, u64)>,
+    /// The newest cluster state (epoch, sequence) whose write completed.
+    newest_state_written: (u64, u64),
+    /// A master resumed from an older state than the newest written (all of its copies were
+    /// damaged): graceful stops recorded only there may be forgotten.
+    states_lost: bool,
     /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
     echo: bool,
 }
@@ -276,6 +283,7 @@ impl World {
                     reads: 0,
                     writes: 0,
                     exits: Vec::new(),
+                    ran_incarnation: None,
                 }
             })
             .collect();
@@ -297,6 +305,8 @@ impl World {
             table,
             owed_leaves: vec![false; config_nodes],
             graceful_stops: BTreeSet::new(),
+            newest_state_written: (0, 0),
+            states_lost: false,
             echo: std::env::var_os("SIM_TRACE").is_some(),
         };
         for i in 0..w.nodes.len() {
@@ -371,6 +381,15 @@ impl World {
             self.nodes[i].stop_asked.get_or_insert(self.t);
         }
         self.log(format!("node {node}: sdc leave (leave request {})", self.table[i].leave_requests));
+    }
+
+    /// I/O touching `region` fails with EIO on this node's path (a bad range of the LUN), or
+    /// works again.
+    pub fn fail_region(&mut self, node: NodeId, region: RegionKind, fails: bool) {
+        let r = self.layout.region(region);
+        self.nodes[node.index()].path.lock().expect("single-threaded").eio_range = fails.then_some((r.offset, r.end()));
+        let what = if fails { "fails" } else { "healed" };
+        self.log(format!("node {node}: I/O to the {} region {what}", region.name()));
     }
 
     /// Damages both copies of a node's claim block (random bytes).
@@ -580,6 +599,7 @@ impl World {
         node.delivered.clear();
         node.stop_asked = None;
         node.running_since_stop_ms = 0;
+        node.ran_incarnation = None;
         self.log(format!("node {id}: daemon started"));
     }
 
@@ -770,12 +790,8 @@ impl World {
                     // while the rest (its heartbeats) succeeds.
                     let region = [RegionKind::NodeRecords, RegionKind::Claim, RegionKind::ClusterState]
                         [self.rng.below(3) as usize];
-                    let r = self.layout.region(region);
-                    let mut path = self.nodes[i].path.lock().expect("single-threaded");
-                    path.eio_range = if path.eio_range.is_some() { None } else { Some((r.offset, r.end())) };
-                    let what = if path.eio_range.is_some() { "fails" } else { "healed" };
-                    drop(path);
-                    self.log(format!("node {id}: I/O to the {} region {what}", region.name()));
+                    let fails = self.nodes[i].path.lock().expect("single-threaded").eio_range.is_none();
+                    self.fail_region(id, region, fails);
                     self.count("region-eio");
                 }
                 _ => {
@@ -794,7 +810,9 @@ impl World {
         let id = self.nodes[i].id;
         if let Some((_, action)) = self.nodes[i].pending.take() {
             if is_write(&action) && !self.nodes[i].lost {
-                let sectors = self.rng.below(8) as usize;
+                // Mostly within the first record; sometimes past it, into the next write of
+                // the action (a cluster state is up to 64 sectors, written twice).
+                let sectors = if self.rng.below(2) == 0 { self.rng.below(8) } else { self.rng.below(129) } as usize;
                 self.nodes[i].path.lock().expect("single-threaded").tear_after_sectors = Some(sectors);
                 let _ = perform_member(&self.nodes[i].db, action, self.wall());
                 self.nodes[i].path.lock().expect("single-threaded").tear_after_sectors = None;
@@ -917,15 +935,17 @@ impl World {
 
     fn end_node(&mut self, i: usize, exit: MemberExit, how: &str) {
         let id = self.nodes[i].id;
-        // The incarnation this daemon ran as (0 if it stopped before it took its slot).
-        let incarnation = self.nodes[i].core.take().map_or(0, |c| c.node().incarnation());
+        // The incarnation this daemon ran as (none if it stopped before it took its slot: that
+        // incarnation number was never used, and the next daemon may take it).
+        self.nodes[i].core = None;
+        let ran = self.nodes[i].ran_incarnation.take();
         self.nodes[i].inbox.clear();
         self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: {how}: {exit:?}"));
         if matches!(exit, MemberExit::Node(Exit::Stopped) | MemberExit::StoppedWithoutLeave(_)) {
             self.owed_leaves[i] = false;
         }
-        if exit == MemberExit::Node(Exit::Stopped) && incarnation > 0 {
+        if let (MemberExit::Node(Exit::Stopped), Some(incarnation)) = (&exit, ran) {
             self.graceful_stops.insert((id.0, incarnation));
         }
         self.count(match exit {
@@ -948,7 +968,14 @@ impl World {
         let newest_before = late.map(|_| self.newest_state_on_disk());
         self.count_io(i, &action)?;
         self.outcome.actions += 1;
+        let written = match &action {
+            Action::WriteClusterState(s) => Some((s.epoch, s.seq)),
+            _ => None,
+        };
         let completion = perform_member(&self.nodes[i].db, action, self.wall());
+        if let (Some(key), layers::member::Completion::Written(Ok(()))) = (written, &completion) {
+            self.newest_state_written = self.newest_state_written.max(key);
+        }
         if let (Some(epoch), Some(before)) = (late, newest_before) {
             self.check_late_state_write(id, epoch, before)?;
         }
@@ -961,9 +988,20 @@ impl World {
             events.push(e);
         }
         for e in events {
+            if let MemberEvent::Node(node::Event::Started { incarnation }) = &e {
+                self.nodes[i].ran_incarnation = Some(*incarnation);
+            }
+            if let MemberEvent::TookOver { from, .. } = &e {
+                if from.unwrap_or((0, 0)) < self.newest_state_written {
+                    // Every copy of the newest states was damaged: the cluster resumes from an
+                    // older one, and what it recorded since (a graceful leave) is lost with them.
+                    self.states_lost = true;
+                }
+            }
             if let MemberEvent::Sequenced(SeqEvent::Started(t)) = &e {
                 self.outcome.transitions += 1;
                 if t.kind == TransitionKind::ForcedLeave
+                    && !self.states_lost
                     && self.graceful_stops.contains(&(t.subject.0, t.subject_incarnation))
                 {
                     return fail(

@@ -4,7 +4,7 @@
 //! caught.
 
 use layers::member::MemberExit;
-use membership_db::format::{HeartbeatState, MemberState, Millis, NodeId, NodeSet};
+use membership_db::format::{HeartbeatState, MemberState, Millis, NodeId, NodeSet, RegionKind};
 use membership_db::node::Exit;
 use simulation::sim::{Config, Violation, World, TIMING};
 
@@ -241,4 +241,34 @@ fn stop_during_a_join_the_node_has_not_read_is_graceful() {
             w.run_for(2 * DEAD)
         })());
     }
+}
+
+/// A new master whose path to the node records fails cannot take over; it tries again after a
+/// back-off rather than at every poll (each try reads, and logs, the whole takeover again).
+#[test]
+fn a_takeover_that_cannot_read_the_records_backs_off() {
+    check((|| {
+        let mut w = started(3, 50)?;
+        let old = w.master().expect("a master");
+        let survivors: Vec<NodeId> = NodeId::all(3).filter(|n| *n != old).collect();
+        for n in &survivors {
+            w.fail_region(*n, RegionKind::NodeRecords, true);
+        }
+        w.crash(old);
+        w.run_until(5 * DEAD, "a new master", |w| w.master().is_some_and(|m| m != old))?;
+        let new = w.master().expect("a master");
+        w.run_for(2 * DEAD)?;
+        let (reads, _) = w.io(new);
+        w.run_for(3 * DEAD)?;
+        let intervals = 3 * DEAD / HB;
+        let per_interval = (w.io(new).0 - reads) as f64 / intervals as f64;
+        // One beacon read per interval, and a takeover (two reads) at most every few intervals.
+        assert!(per_interval <= 2.0, "{per_interval:.1} reads per interval while the takeover fails");
+        for n in &survivors {
+            w.fail_region(*n, RegionKind::NodeRecords, false);
+        }
+        w.run_until(10_000, "the takeover completes and node 1..3 are back", |w| {
+            w.master() == Some(new) && w.cluster_state().is_some_and(|s| s.epoch > 1)
+        })
+    })());
 }
