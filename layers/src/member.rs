@@ -128,7 +128,11 @@ const WRITE_RETRY_INTERVALS_MAX: Millis = 8;
 const STATE_READ_FAILURES_FLAGGED: u32 = 2;
 /// Own records the cluster has not acted on for this many heartbeat intervals are written
 /// again, with new sequence numbers (a copy damaged at rest, a write the master read torn).
+/// Acknowledgements wait one interval more per four participants of the transition: the master
+/// reads one record per participant for each position, and a large cluster under load must
+/// not have every node rewrite its records (and the master read them again) while it does.
 const REPUBLISH_INTERVALS: Millis = 8;
+const REPUBLISH_PARTICIPANTS_PER_INTERVAL: usize = 4;
 
 /// What the node's own records on the disk said when the daemon started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,7 +226,10 @@ struct Participating {
     abandoned: Option<String>,
     leave_now: bool,
     /// Since when our records have been awaited (see [`Participant::awaited`]).
-    awaited_since: Option<Millis>,
+    /// Since when the master has not read our newest request, and since when a transition
+    /// has waited at a position we acknowledged (see [`REPUBLISH_INTERVALS`]).
+    request_unread_since: Option<Millis>,
+    acks_awaited_since: Option<Millis>,
 }
 
 enum Phase {
@@ -392,18 +399,21 @@ impl MemberCore {
     /// Writes our records again when the cluster has not acted on them for a while: a master
     /// that cannot read them (a damaged copy) reads the new copy.
     fn republish_if_stalled(&mut self, now: Millis) {
-        let wait = REPUBLISH_INTERVALS * self.node.config().timing.heartbeat_ms as Millis;
+        let hb_ms = self.node.config().timing.heartbeat_ms as Millis;
         let master_visible = self.node.master_visible(now);
         let Phase::Running(p) = &mut self.phase else { return };
-        let awaited = master_visible && p.held.as_ref().is_some_and(|s| p.participant.awaited(s));
-        match (awaited, p.awaited_since) {
-            (false, _) => p.awaited_since = None,
-            (true, None) => p.awaited_since = Some(now),
-            (true, Some(since)) if now >= since + wait => {
-                p.participant.republish();
-                p.awaited_since = Some(now);
-            }
-            (true, Some(_)) => {}
+        let Some(state) = p.held.as_ref().filter(|_| master_visible) else {
+            (p.request_unread_since, p.acks_awaited_since) = (None, None);
+            return;
+        };
+        let unread = p.participant.request_unread(state);
+        if stalled(&mut p.request_unread_since, unread, now, REPUBLISH_INTERVALS * hb_ms) {
+            p.participant.republish_request();
+        }
+        let participants = p.participant.acks_awaited(state);
+        let intervals = REPUBLISH_INTERVALS + (participants / REPUBLISH_PARTICIPANTS_PER_INTERVAL) as Millis;
+        if stalled(&mut p.acks_awaited_since, participants > 0, now, intervals * hb_ms) {
+            p.participant.republish_acks();
         }
     }
 
@@ -579,7 +589,8 @@ impl MemberCore {
             refused: None,
             abandoned: None,
             leave_now: false,
-            awaited_since: None,
+            request_unread_since: None,
+            acks_awaited_since: None,
         }));
         if pending_leave {
             self.event(MemberEvent::PendingLeave { requests: self.own.leave_requests });
@@ -978,6 +989,21 @@ impl MemberCore {
         p.stopping = true;
         self.node.request_stop();
     }
+}
+
+/// Whether a wait that has lasted `wait` ms is over (and starts the next one): `since` is when
+/// the condition began to hold, cleared when it does not.
+fn stalled(since: &mut Option<Millis>, holds: bool, now: Millis, wait: Millis) -> bool {
+    match (holds, *since) {
+        (false, _) => *since = None,
+        (true, None) => *since = Some(now),
+        (true, Some(t)) if now >= t + wait => {
+            *since = Some(now);
+            return true;
+        }
+        (true, Some(_)) => {}
+    }
+    false
 }
 
 fn position_text(kind: TransitionKind, p: Position) -> String {

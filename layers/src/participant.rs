@@ -150,26 +150,33 @@ impl Participant {
         self.acked.iter().find(|a| a.transition == id).map(|a| a.position)
     }
 
-    /// Writes both records again (with new sequence numbers) at the next chance: the master
-    /// has not acted on them for a while (a damaged copy, a lost write).
-    pub fn republish(&mut self) {
+    /// Writes the request record again (with a new sequence number) at the next chance: the
+    /// master has not read it for a while (a damaged copy, a lost write).
+    pub fn republish_request(&mut self) {
         self.request_written = None;
+    }
+    /// The same for the acknowledgement record.
+    pub fn republish_acks(&mut self) {
         self.acks_written = None;
     }
 
-    /// Whether the cluster should be acting on our records: a transition waits at a position
-    /// we acknowledged, or our join or leave has not begun.
-    pub fn awaited(&self, state: &ClusterState) -> bool {
-        let acked_in_flight =
-            state.transitions.iter().any(|t| t.participants.contains(self.me) && self.acked(t.id) == Some(t.position));
-        let m = state.member(self.me);
-        let ours = m.incarnation == self.incarnation;
-        let join_waiting = self.want == Want::Join && !(ours && m.state.is_member());
-        let leave_waiting = self.want == Want::Leave
-            && ours
-            && m.state == MemberState::Joined
-            && state.transition_of(self.me).is_none();
-        acked_in_flight || join_waiting || leave_waiting
+    /// Whether the master has yet to read our newest request: the cluster state records the
+    /// newest request it read of each node.
+    pub fn request_unread(&self, state: &ClusterState) -> bool {
+        self.request_written.is_some() && !state.member(self.me).request_read(self.incarnation, self.request_seq)
+    }
+
+    /// Transitions in flight wait at a position we acknowledged: the master has not yet read
+    /// every participant's acknowledgement, ours perhaps among them. Returns how many nodes take
+    /// part in the largest such transition (0: none waits on us).
+    pub fn acks_awaited(&self, state: &ClusterState) -> usize {
+        state
+            .transitions
+            .iter()
+            .filter(|t| t.participants.contains(self.me) && self.acked(t.id) == Some(t.position))
+            .map(|t| t.participants.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The sequence numbers of the newest records on the disk.
