@@ -29,7 +29,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::stats;
+use common::{check_interrupted, ms, sdc, stats};
 
 use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
@@ -49,8 +49,6 @@ const NODES: u16 = 3;
 const TRIALS: usize = 5;
 /// How long a cluster may take to elect its first master with every node live.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long one `sdc` command (format, node add, status) may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
 struct Profile {
@@ -84,29 +82,6 @@ impl Profile {
     fn failover_timeout(&self) -> Duration {
         Duration::from_millis(5 * self.dead_ms as u64 + 5_000)
     }
-}
-
-fn check_interrupted() -> Result<()> {
-    match procs::interrupted() {
-        Some(sig) => bail!("interrupted by signal {sig}"),
-        None => Ok(()),
-    }
-}
-
-fn sdc<I, S>(args: I) -> Result<String>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let shown = || args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-    let out = Sdc::new(SDC)
-        .run(&args, Instant::now() + COMMAND_TIMEOUT)
-        .with_context(|| format!("sdc {} did not complete", shown()))?;
-    if !out.status.success() {
-        bail!("sdc {} failed ({}): {}", shown(), exit_text(out.status), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// What the bench needs from `sdc status --json`.
@@ -265,10 +240,6 @@ struct Outcome {
     status_ms: f64,
     status_master: (u16, u64),
     status_calls: u32,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn trial(p: &Profile) -> Result<Outcome> {

@@ -15,14 +15,19 @@
 //! * **join**: spawns `sdc join --node N` and times, from just before the spawn, when the cluster
 //!   state on the disk first shows node N `joining` and then `joined`. A join that follows a
 //!   kill -9 is its own row: the new daemon finds its slot's heartbeat still `up` (written by the
-//!   killed incarnation) and must watch it for `dead_ms` before taking it over.
+//!   killed incarnation), but it starts only once the forced leave is complete, so the cluster
+//!   state records that incarnation as stopped and the daemon takes the slot over at once, paying
+//!   only the delta lease (two heartbeats), like a clean join. (A daemon restarted before any
+//!   master has judged the old incarnation stopped, which this bench never does, would watch the
+//!   stale heartbeat for `dead_ms` first: see ARCHITECTURE.md, *Slot ownership and
+//!   incarnations*.)
 //! * then, after a pseudo-random pause of 0 to 450 ms (so that the next step is not phase-locked
 //!   to the daemons' membership cycles), in turn one of
 //!   * **leave by SIGTERM**: until the disk shows node N `inactive` with no transition in
 //!     flight for it, and until the daemon has exited (it must exit 0);
 //!   * **leave by `sdc leave`**: from just before spawning `sdc leave --node N`, until node N
 //!     is `inactive` and until the command has returned (it must return 0). The daemon sees the
-//!     request when it next reads the node table (every 8 membership cycles);
+//!     request within a heartbeat interval (the config stamp in its beacon read changes);
 //!   * **failure**: SIGKILL of node N's daemon, until the disk shows it `forced-leaving` (the
 //!     master judged it dead) and until it is `inactive` with no transition in flight for it
 //!     (the forced leave has run through every layer on every other node).
@@ -45,7 +50,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::stats;
+use common::{check_interrupted, machine, ms, sdc, stats};
 
 use anyhow::{anyhow, bail, Context, Result};
 use membership_db::db::MembershipDb;
@@ -72,8 +77,8 @@ const POLL: Duration = Duration::from_millis(2);
 /// How often a poll loop also checks that no background daemon has exited.
 const CHILD_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// The subject stays joined for a pseudo-random pause of up to this long before it is taken
-/// out, so that the leave is not phase-locked to the daemons' cycles (an `sdc leave` is seen when
-/// the daemon next reads the node table, every 8 membership cycles: up to 400 ms when idle).
+/// out, so that the leave is not phase-locked to the daemons' heartbeat intervals (an `sdc leave`
+/// is seen at the next beacon read, within an interval).
 const PAUSE_MAX_MS: u64 = 450;
 /// How long nodes 1..N-1 may take to start and all join.
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,28 +89,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// and the guards clean up.
 fn interrupted() -> bool {
     procs::interrupted().is_some()
-}
-
-fn check_interrupted() -> Result<()> {
-    if interrupted() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn sdc(args: &[&OsStr]) -> Result<()> {
-    let shown = || args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-    let out = Sdc::new(SDC)
-        .run(args, Instant::now() + STEP_TIMEOUT)
-        .with_context(|| format!("sdc {} did not complete", shown()))?;
-    if !out.status.success() {
-        bail!("sdc {} failed ({}): {}", shown(), exit_text(out.status), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// What is measured, one table row each.
@@ -217,7 +200,7 @@ impl Cluster {
             MAX_NODES.to_string(),
         );
         #[rustfmt::skip]
-        sdc(&[
+        sdc([
             "format".as_ref(), "--disk".as_ref(), d.as_os_str(), "--size".as_ref(), "64MiB".as_ref(),
             "--cluster".as_ref(), "bench".as_ref(), "--max-nodes".as_ref(), max.as_ref(),
             "--heartbeat-ms".as_ref(), hb.as_ref(), "--dead-ms".as_ref(), dead.as_ref(),
@@ -226,7 +209,7 @@ impl Cluster {
         for node in 1..=size {
             let (id, name) = (node.to_string(), format!("n{node}"));
             #[rustfmt::skip]
-            sdc(&[
+            sdc([
                 "node".as_ref(), "add".as_ref(), "--disk".as_ref(), d.as_os_str(),
                 "--node".as_ref(), id.as_ref(), "--name".as_ref(), name.as_ref(),
             ])?;
@@ -795,22 +778,6 @@ fn iterate(cluster: &mut Cluster, run: &mut SizeRun, budget: Duration) -> Result
     Ok(())
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let load = std::fs::read_to_string("/proc/loadavg").map_or(String::new(), |l| {
-        format!(", load average {}", l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-    });
-    format!("{cores} cores ({model}){load}")
-}
-
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.
     if let Err(e) = procs::catch_interrupts() {
@@ -912,7 +879,8 @@ fn main() {
         println!(
             "          logs: {} FENCED line(s){}, {} FORCED OUT, {} 'now master' (1 per cluster expected), {} forced \
              leave(s) of node {} (one per kill), {} forced leave(s) of other nodes, {} 'is dead' judgement(s) of other \
-             nodes, {} stale-slot wait(s) (one per join after kill)",
+             nodes, {} stale-slot notice(s) (one per join after kill: the new daemon sees the stale `up` slot, \
+             then the cluster state's proof that its incarnation stopped lets it take the slot at once)",
             l.fenced,
             if l.fenced_nodes.is_empty() { String::new() } else { format!(" (nodes {:?})", l.fenced_nodes) },
             l.forced_out,
@@ -941,8 +909,10 @@ fn main() {
     println!(
         "Floors: failure detection cannot be below dead_ms = {} ms (the master judges a heartbeat dead after it has \
          been still that long on its own clock; counted from its last read of the last write, which may precede the \
-         kill by up to one heartbeat of {} ms). A join after kill -9 includes a further dead_ms: the new daemon \
-         watches its slot's stale `up` heartbeat that long before taking it over. A clean join includes about two \
+         kill by up to one heartbeat of {} ms). A join after kill -9 costs no further dead_ms here: it starts after the \
+         forced leave, whose cluster state shows the old incarnation stopped, so the new daemon takes its slot over \
+         at once instead of watching the stale `up` heartbeat (a restart before any master judged the old \
+         incarnation stopped would watch it for dead_ms). A clean join includes about two \
          heartbeats of slot acquisition (write, wait, read back).",
         TIMING.dead_ms, TIMING.heartbeat_ms
     );

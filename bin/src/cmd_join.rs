@@ -2,7 +2,7 @@
 
 use crate::cli::JoinArgs;
 use crate::signals;
-use crate::util::{node_id, open_db, utc};
+use crate::util::{log_line, node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
 use layers::api::{Registry, Subsystem};
 use layers::daemon::own_records;
@@ -59,7 +59,7 @@ fn run_rehearsal_layer(sub: Subsystem, prefix: String) {
                 .iter()
                 .map(|(node, s)| format!("{node}:{}", if *s == MemberState::Joined { "joined" } else { s.name() }))
                 .collect();
-            eprintln!(
+            log_line(&format!(
                 "{} {prefix} layer {name}: {} of node {} (incarnation {}), barrier {} of {}; view [{}]",
                 utc(unix_ms()),
                 n.kind.name(),
@@ -68,7 +68,7 @@ fn run_rehearsal_layer(sub: Subsystem, prefix: String) {
                 n.position.barrier + 1,
                 barriers.of(n.kind),
                 view.join(" ")
-            );
+            ));
             sub.ack(&n);
         }
     });
@@ -111,7 +111,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         host: HostName::new(&host_name()),
     };
     let prefix = format!("sdc[{} node {node} {}]", sb.cluster_name, entry.name);
-    let say = |what: &str| eprintln!("{} {prefix} {what}", utc(unix_ms()));
+    let say = |what: &str| log_line(&format!("{} {prefix} {what}", utc(unix_ms())));
     for w in &warnings {
         say(&format!("warning: {}", w.text));
     }
@@ -154,7 +154,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         }
         MemberExit::Node(Exit::Refused(Refusal::Io(why))) => fail(why),
         MemberExit::Node(Exit::Fenced(reason)) => {
-            eprintln!("{}", fence_line(&prefix, &reason.to_string(), unix_ms()));
+            log_line(&fence_line(&prefix, &reason.to_string(), unix_ms()));
             Ok(exit::FENCED)
         }
         MemberExit::ForcedOut(refusal) => {

@@ -64,3 +64,15 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     println!("{s}");
     Ok(())
 }
+
+/// Writes one log line to stderr in a single `write(2)`: the watchdog and the signal handler
+/// write their lines with raw writes, and a line `eprintln!` wrote in pieces could be split
+/// by one of them (a log reader then misses the fence line).
+pub fn log_line(line: &str) {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    // Nowhere to report a failed write to stderr.
+    let _ = std::io::stderr().lock().write_all(&buf);
+}

@@ -1013,7 +1013,7 @@ impl World {
                     );
                 }
             }
-            if !matches!(e, MemberEvent::Node(node::Event::NodeLive { .. })) {
+            if !matches!(e, MemberEvent::Node(node::Event::NodesLive { .. })) {
                 self.log(format!("node {id}: {e}"));
             }
         }

@@ -206,6 +206,19 @@ impl NodeSet {
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> NodeSet {
         NodeSet(std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))))
     }
+    /// The members as runs, for a log line: `1-244, 246, 248-250`.
+    pub fn ranges_text(&self) -> String {
+        let mut runs: Vec<(u16, u16)> = Vec::new();
+        for n in self.iter() {
+            match runs.last_mut() {
+                Some((_, end)) if *end + 1 == n.0 => *end = n.0,
+                _ => runs.push((n.0, n.0)),
+            }
+        }
+        let text: Vec<String> =
+            runs.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+        text.join(", ")
+    }
 }
 
 impl FromIterator<NodeId> for NodeSet {

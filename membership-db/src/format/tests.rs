@@ -485,6 +485,9 @@ fn node_sets_hold_every_node_id() {
     assert!(!s.contains(NodeId(0)) && !s.contains(NodeId(300)));
     assert_eq!(NodeSet::all(NODES_MAX).len(), NODES_MAX as usize);
     assert_eq!(NodeSet::EMPTY.highest(), None);
+    assert_eq!(s.ranges_text(), "1, 64-65, 128-129, 255");
+    assert_eq!(NodeSet::all(NODES_MAX).ranges_text(), "1-256");
+    assert_eq!(NodeSet::EMPTY.ranges_text(), "");
 }
 
 #[test]

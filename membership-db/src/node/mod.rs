@@ -182,9 +182,10 @@ pub enum Event {
         incarnation: u64,
         epoch: u64,
     },
-    NodeLive {
-        node: NodeId,
-        incarnation: u64,
+    /// Nodes whose heartbeats this read found live that were not before (one event per read:
+    /// a daemon starting in a large cluster finds hundreds at once), with their incarnations.
+    NodesLive {
+        nodes: Vec<(NodeId, u64)>,
     },
     NodeGone {
         node: NodeId,
@@ -718,6 +719,7 @@ impl NodeCore {
         }
         let through = beacons.heartbeats.len() as u16;
         self.liveness.observe(now, beacons.heartbeats);
+        let mut live = Vec::new();
         for node in NodeId::all(through) {
             if node == self.config.node {
                 continue;
@@ -725,12 +727,14 @@ impl NodeCore {
             let l = self.liveness.judge(now, node);
             if l.is_live() && !self.reported_live.contains(node) {
                 self.reported_live.insert(node);
-                let incarnation = self.liveness.heartbeat(node).map_or(0, |h| h.incarnation);
-                self.event(Event::NodeLive { node, incarnation });
+                live.push((node, self.liveness.heartbeat(node).map_or(0, |h| h.incarnation)));
             } else if l.is_gone() && self.reported_live.contains(node) {
                 self.reported_live.remove(node);
                 self.event(Event::NodeGone { node, liveness: l });
             }
+        }
+        if !live.is_empty() {
+            self.event(Event::NodesLive { nodes: live });
         }
         (beacons.stamp, readable)
     }
@@ -772,7 +776,13 @@ impl std::fmt::Display for Event {
                 f,
                 "the cluster state of epoch {epoch} shows incarnation {incarnation} stopped: taking over its slot at once"
             ),
-            Event::NodeLive { node, incarnation } => write!(f, "node {node} is live (incarnation {incarnation})"),
+            Event::NodesLive { nodes } => match nodes.as_slice() {
+                [(node, incarnation)] => write!(f, "node {node} is live (incarnation {incarnation})"),
+                _ => {
+                    let set: NodeSet = nodes.iter().map(|(n, _)| *n).collect();
+                    write!(f, "{} nodes are live: {}", nodes.len(), set.ranges_text())
+                }
+            },
             Event::NodeGone { node, liveness } => match liveness {
                 NodeLiveness::NotRunning => write!(f, "node {node} stopped"),
                 _ => write!(f, "node {node} is dead: its heartbeat has been still for dead-ms"),
