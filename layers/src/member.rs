@@ -132,6 +132,8 @@ const STATE_READ_FAILURES_FLAGGED: u32 = 2;
 /// reads one record per participant for each position, and a large cluster under load must
 /// not have every node rewrite its records (and the master read them again) while it does.
 const REPUBLISH_INTERVALS: Millis = 8;
+/// A stopping daemon tries this many heartbeat intervals to write its final request record.
+const FINAL_WRITE_INTERVALS: Millis = 2;
 const REPUBLISH_PARTICIPANTS_PER_INTERVAL: usize = 4;
 
 /// What the node's own records on the disk said when the daemon started.
@@ -222,6 +224,8 @@ struct Participating {
     last_self: Option<SelfState>,
     /// The node core is writing its final heartbeat; then the daemon ends.
     stopping: bool,
+    /// When the final write of a stopping daemon began.
+    stopping_since: Option<Millis>,
     refused: Option<JoinRefusal>,
     abandoned: Option<String>,
     leave_now: bool,
@@ -378,7 +382,7 @@ impl MemberCore {
         self.check_leave(now);
         let Phase::Running(p) = &mut self.phase else { return None };
         if p.stopping {
-            return None;
+            return self.finish_stop(now);
         }
         if self.node.beacon_reads() != p.seen_beacon_reads {
             p.seen_beacon_reads = self.node.beacon_reads();
@@ -586,6 +590,7 @@ impl MemberCore {
             no_master_since: None,
             last_self: None,
             stopping: false,
+            stopping_since: None,
             refused: None,
             abandoned: None,
             leave_now: false,
@@ -983,11 +988,34 @@ impl MemberCore {
         }
     }
 
+    /// Stops: the request record first says which `sdc leave` requests this daemon honoured
+    /// (one write, bounded by [`FINAL_WRITE_INTERVALS`]: a daemon killed before it still owes
+    /// them, and its successor leaves), then the node core marks the slot down and ends.
     fn stop(&mut self) {
         let p = self.participating();
         p.queue.clear();
         p.stopping = true;
+        p.participant.leave_honoured();
+    }
+
+    /// While stopping: the final write of the request record, then the node core's stop.
+    fn finish_stop(&mut self, now: Millis) -> Option<Action> {
+        let wait = FINAL_WRITE_INTERVALS * self.node.config().timing.heartbeat_ms as Millis;
+        let p = self.participating();
+        let since = *p.stopping_since.get_or_insert(now);
+        if now < since + wait {
+            if let Some(a) = self.write_own_records(now) {
+                return Some(a);
+            }
+            if self.participating().participant.request_to_write().is_some() {
+                return None; // backing off after a failed write
+            }
+        }
         self.node.request_stop();
+        // The node core acts on it at once (its last heartbeat, marked down).
+        let a = self.node.poll_action(now)?;
+        self.pending = Some(Pending::Node);
+        Some(Action::Node(a))
     }
 }
 

@@ -78,6 +78,10 @@ pub struct Participant {
     was_member: bool,
     /// The `sdc leave` requests honoured, as the request record says.
     leave_requests_seen: u64,
+    /// The `sdc leave` requests being honoured: recorded as honoured only when the daemon
+    /// stops ([`Participant::leave_honoured`]), so that one killed during its leave leaves
+    /// again when it restarts.
+    leave_requests_honouring: u64,
 }
 
 impl Participant {
@@ -107,6 +111,7 @@ impl Participant {
             last_delivered: BTreeMap::new(),
             was_member: false,
             leave_requests_seen,
+            leave_requests_honouring: leave_requests_seen,
         }
     }
 
@@ -115,12 +120,19 @@ impl Participant {
     }
 
     /// Asks for a graceful leave; `leave_requests` is the `sdc leave` count it honours, if it
-    /// comes from one (recorded, so that a restarted daemon does not honour it twice).
+    /// comes from one (recorded when the daemon stops, so that a restarted daemon does not
+    /// honour it twice).
     pub fn request_leave(&mut self, leave_requests: Option<u64>) {
         self.want = Want::Leave;
         if let Some(n) = leave_requests {
-            self.leave_requests_seen = self.leave_requests_seen.max(n);
+            self.leave_requests_honouring = self.leave_requests_honouring.max(n);
         }
+    }
+
+    /// The daemon stops having honoured its `sdc leave` requests: the request record says so
+    /// from its next write.
+    pub fn leave_honoured(&mut self) {
+        self.leave_requests_seen = self.leave_requests_seen.max(self.leave_requests_honouring);
     }
 
     pub fn wants_leave(&self) -> bool {

@@ -272,3 +272,29 @@ fn a_takeover_that_cannot_read_the_records_backs_off() {
         })
     })());
 }
+
+/// Regression: a daemon killed during the leave an `sdc leave` asked of it had already recorded
+/// that request as honoured; restarted, it joined again and the leave was lost. The record now
+/// says so only when the daemon stops, so the restarted daemon leaves.
+#[test]
+fn a_daemon_killed_during_its_sdc_leave_leaves_when_restarted() {
+    for seed in 0..5 {
+        check((|| {
+            let mut w = started(3, 60 + seed)?;
+            w.operator_leave(NodeId(3));
+            w.run_until(5_000, "node 3 leaving", |w| w.member(NodeId(3)).state == MemberState::Leaving)?;
+            w.crash(NodeId(3));
+            w.run_until(10_000, "node 3 forced out", |w| {
+                w.member(NodeId(3)).state == MemberState::Inactive
+                    && w.cluster_state().is_some_and(|s| s.transitions.is_empty())
+            })?;
+            w.start(NodeId(3));
+            w.run_until(10_000, "node 3's new daemon stopped", |w| !w.is_running(NodeId(3)))?;
+            assert_eq!(w.exits(NodeId(3)).last(), Some(&MemberExit::Node(Exit::Stopped)));
+            assert_eq!(w.member(NodeId(3)).state, MemberState::Inactive);
+            // Honoured now: the next daemon joins.
+            w.start(NodeId(3));
+            w.run_until(10_000, "node 3 joined again", World::all_joined_and_quiet)
+        })());
+    }
+}
