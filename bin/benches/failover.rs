@@ -330,10 +330,7 @@ type Column = (&'static str, fn(&Outcome) -> f64);
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.
-    if let Err(e) = procs::catch_interrupts() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
+    common::catch_interrupts();
     let began = Instant::now();
     println!("sdc failover benchmark: {NODES} nodes, {TRIALS} trials per profile, each on a fresh cluster");
     println!("sdc binary: {SDC}");

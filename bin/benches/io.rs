@@ -379,10 +379,7 @@ fn main() {
             ("form-secs", "300", "how long a cluster may take to form"),
         ],
     );
-    if let Err(e) = procs::catch_interrupts() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
+    common::catch_interrupts();
     for tool in ["losetup", "strace"] {
         if let Some(why) = need_root_and(tool) {
             println!(

@@ -133,10 +133,7 @@ fn main() {
             ("dir", "", "where the temporary directory goes (empty: the system's temporary directory)"),
         ],
     );
-    if let Err(e) = procs::catch_interrupts() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
+    common::catch_interrupts();
     let iterations = opts.u64("iterations") as usize;
     let master_kills = opts.u64("master-kills") as usize;
     let sizes = opts.list_u16("sizes");

@@ -780,10 +780,7 @@ fn iterate(cluster: &mut Cluster, run: &mut SizeRun, budget: Duration) -> Result
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); this harness has no options.
-    if let Err(e) = procs::catch_interrupts() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
+    common::catch_interrupts();
     let began = Instant::now();
     let override_iters: Option<usize> =
         std::env::var("MEMBERSHIP_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0);

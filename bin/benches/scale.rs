@@ -123,10 +123,7 @@ fn main() {
             ("dir", "", "where the temporary directory goes (empty: the system's temporary directory)"),
         ],
     );
-    if let Err(e) = procs::catch_interrupts() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
+    common::catch_interrupts();
     let config = Config {
         nodes: opts.u64("nodes").clamp(3, MAX_NODES as u64) as u16,
         idle: Duration::from_secs_f64(opts.f64("idle-secs")),

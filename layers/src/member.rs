@@ -132,9 +132,9 @@ const STATE_READ_FAILURES_FLAGGED: u32 = 2;
 /// reads one record per participant for each position, and a large cluster under load must
 /// not have every node rewrite its records (and the master read them again) while it does.
 const REPUBLISH_INTERVALS: Millis = 8;
+const REPUBLISH_PARTICIPANTS_PER_INTERVAL: usize = 4;
 /// A stopping daemon tries this many heartbeat intervals to write its final request record.
 const FINAL_WRITE_INTERVALS: Millis = 2;
-const REPUBLISH_PARTICIPANTS_PER_INTERVAL: usize = 4;
 
 /// What the node's own records on the disk said when the daemon started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,14 +222,13 @@ struct Participating {
     leave_asked_at: Option<Millis>,
     no_master_since: Option<Millis>,
     last_self: Option<SelfState>,
-    /// The node core is writing its final heartbeat; then the daemon ends.
+    /// The daemon is ending: its final request record, then the node core's last heartbeat.
     stopping: bool,
     /// When the final write of a stopping daemon began.
     stopping_since: Option<Millis>,
     refused: Option<JoinRefusal>,
     abandoned: Option<String>,
     leave_now: bool,
-    /// Since when our records have been awaited (see [`Participant::awaited`]).
     /// Since when the master has not read our newest request, and since when a transition
     /// has waited at a position we acknowledged (see [`REPUBLISH_INTERVALS`]).
     request_unread_since: Option<Millis>,
@@ -475,27 +474,17 @@ impl MemberCore {
             },
             (Pending::WriteRequest(record), Completion::Written(r)) => match r {
                 Ok(()) => {
-                    p.write_backoff_ms = 0;
                     p.participant.request_written(record.clone());
-                    if let Some(m) = self.master_mut() {
-                        m.requests[record.node.index()] = Some(record.clone());
-                        m.dirty = true;
-                    }
-                    self.advertise();
-                    self.node.announce();
+                    let i = record.node.index();
+                    self.own_record_written(|m| m.requests[i] = Some(record));
                 }
                 Err(e) => self.write_failed(now, e),
             },
             (Pending::WriteAcks(record), Completion::Written(r)) => match r {
                 Ok(()) => {
-                    p.write_backoff_ms = 0;
                     p.participant.acks_written(record.clone());
-                    if let Some(m) = self.master_mut() {
-                        m.acks[record.node.index()] = Some(record.clone());
-                        m.dirty = true;
-                    }
-                    self.advertise();
-                    self.node.announce();
+                    let i = record.node.index();
+                    self.own_record_written(|m| m.acks[i] = Some(record));
                 }
                 Err(e) => self.write_failed(now, e),
             },
@@ -511,6 +500,18 @@ impl MemberCore {
             Phase::Running(p) => p,
             _ => unreachable!("participating"),
         }
+    }
+
+    /// One of our own records landed: as master we have it without reading it back, and our
+    /// heartbeat announces its new sequence at once.
+    fn own_record_written(&mut self, as_master: impl FnOnce(&mut MasterRole)) {
+        self.participating().write_backoff_ms = 0;
+        if let Some(m) = self.master_mut() {
+            as_master(m);
+            m.dirty = true;
+        }
+        self.advertise();
+        self.node.announce();
     }
 
     /// A node's request or acknowledgements as the master read them: kept, or remembered as
@@ -925,9 +926,8 @@ impl MemberCore {
         if let None | Some(SelfState::Waiting) = member {
             // Not a member as far as this node knows: nothing to leave, but the master may have
             // begun (with no layers, even completed) its join in a state not read yet. The
-            // request record withdraws the join (and says which `sdc leave` requests are
-            // honoured, so that the next daemon does not honour them again); the node stops
-            // once the master has read it, or when there is no master to begin a join.
+            // request record withdraws the join; the node stops once the master has read it,
+            // or when there is no master to begin a join.
             let written = p.participant.request_to_write().is_none();
             let answered = written
                 && p.held.as_ref().is_some_and(|s| s.member(me).request_read(incarnation, p.participant.request_seq()));

@@ -141,11 +141,8 @@ impl Participant {
 
     /// The request record to write, when it differs from the last one written.
     pub fn request_to_write(&mut self) -> Option<NodeRequest> {
-        let current = (self.incarnation, self.want, &self.layers, self.leave_requests_seen);
-        if let Some(w) = &self.request_written {
-            if (w.incarnation, w.want, &w.layers, w.leave_requests_seen) == current {
-                return None;
-            }
+        if !self.request_differs() {
+            return None;
         }
         Some(NodeRequest {
             node: self.me,
@@ -201,12 +198,15 @@ impl Participant {
 
     /// Whether a record differs from the one on the disk.
     pub fn has_writes(&self) -> bool {
-        let req = (self.incarnation, self.want, &self.layers, self.leave_requests_seen);
-        let request_differs = self
-            .request_written
-            .as_ref()
-            .is_none_or(|w| (w.incarnation, w.want, &w.layers, w.leave_requests_seen) != req);
-        request_differs || self.acks_written.as_ref() != Some(&self.acked)
+        self.request_differs() || self.acks_written.as_ref() != Some(&self.acked)
+    }
+
+    /// Whether the request record on the disk (if any) says something else than we would.
+    fn request_differs(&self) -> bool {
+        self.request_written.as_ref().is_none_or(|w| {
+            (w.incarnation, w.want, &w.layers, w.leave_requests_seen)
+                != (self.incarnation, self.want, &self.layers, self.leave_requests_seen)
+        })
     }
 
     pub fn request_written(&mut self, r: NodeRequest) {

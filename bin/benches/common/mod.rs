@@ -58,6 +58,15 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Makes SIGINT and SIGTERM of the bench end the current step with an error (the guards then
+/// clean up); a bench that cannot set that up says why and exits 1.
+pub fn catch_interrupts() {
+    if let Err(e) = procs::catch_interrupts() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn check_interrupted() -> Result<()> {
     match procs::interrupted() {
         Some(sig) => bail!("interrupted by signal {sig}"),

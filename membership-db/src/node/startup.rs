@@ -51,6 +51,11 @@ pub(super) struct Acquire {
 }
 
 impl NodeCore {
+    /// Startup cannot go on without this I/O: the daemon is refused, saying what failed.
+    fn refuse_io(&mut self, what: &str, e: IoFailure) {
+        self.finish(Exit::Refused(Refusal::Io(format!("{what}: {}", e.0))));
+    }
+
     pub(super) fn poll_probe(&mut self, now: Millis) -> Option<Action> {
         let Phase::Probe(p) = &mut self.phase else { unreachable!("probe phase") };
         if now < p.next_read_at {
@@ -64,9 +69,7 @@ impl NodeCore {
     pub(super) fn on_probe_beacons(&mut self, now: Millis, r: Result<Beacons, IoFailure>) {
         let beacons = match r {
             Ok(b) => b,
-            Err(e) => {
-                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
-            }
+            Err(e) => return self.refuse_io("cannot read the heartbeat region", e),
         };
         let through = beacons.heartbeats.len() as u16;
         let (_, readable) = self.observe(now, beacons);
@@ -133,7 +136,7 @@ impl NodeCore {
         }
         let copies = match r {
             Ok(c) => c,
-            Err(e) => return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the claim region: {}", e.0)))),
+            Err(e) => return self.refuse_io("cannot read the claim region", e),
         };
         self.note_corrupt(RecordKind::Claim, copies.iter().flatten().map(|c| c.as_ref().err()));
         let me = self.config.node;
@@ -153,9 +156,7 @@ impl NodeCore {
     ) {
         match r {
             Ok(states) => self.note_states(&states),
-            Err(e) => {
-                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the cluster state: {}", e.0))))
-            }
+            Err(e) => return self.refuse_io("cannot read the cluster state", e),
         }
         self.acquire_with(now, claims);
     }
@@ -222,7 +223,7 @@ impl NodeCore {
                 let lease = Lease { heartbeat_ok_at: issued_at, last_landed: heartbeat };
                 self.phase = Phase::Acquire(Acquire { lease, written_at: now, own, fresh, claims, known_master });
             }
-            Err(e) => self.finish(Exit::Refused(Refusal::Io(format!("cannot write the heartbeat slot: {}", e.0)))),
+            Err(e) => self.refuse_io("cannot write the heartbeat slot", e),
         }
     }
 
@@ -238,9 +239,7 @@ impl NodeCore {
     pub(super) fn on_acquire_check(&mut self, now: Millis, r: Result<Beacons, IoFailure>) {
         let beacons = match r {
             Ok(b) => b,
-            Err(e) => {
-                return self.finish(Exit::Refused(Refusal::Io(format!("cannot read the heartbeat region: {}", e.0))))
-            }
+            Err(e) => return self.refuse_io("cannot read the heartbeat region", e),
         };
         let (_, readable) = self.observe(now, beacons);
         let me = self.config.node;
@@ -270,7 +269,7 @@ impl NodeCore {
                 self.event(Event::OwnClaimReset { through });
                 self.start_running(now);
             }
-            Err(e) => self.finish(Exit::Refused(Refusal::Io(format!("cannot write the claim block: {}", e.0)))),
+            Err(e) => self.refuse_io("cannot write the claim block", e),
         }
     }
 
