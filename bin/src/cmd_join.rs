@@ -4,10 +4,10 @@ use crate::cli::JoinArgs;
 use crate::signals;
 use crate::util::{log_line, node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
-use layers::api::{Registry, Subsystem};
-use layers::daemon::own_records;
-use layers::member::{refusal_text_named, MemberEvent, MemberExit};
-use layers::participant::SelfState;
+use manager::api::{Registry, Subsystem};
+use manager::daemon::own_records;
+use manager::member::{refusal_text_named, MemberEvent, MemberExit};
+use manager::participant::SelfState;
 use membership_db::daemon::fence_line;
 use membership_db::error::CorruptRecord;
 use membership_db::format::{newest, Barriers, HostName, MemberState, NodeEntry, TableView};
@@ -132,7 +132,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         sb.timing.fence_ms,
         registry.specs().len()
     ));
-    let exit = layers::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &mut |event| {
+    let exit = manager::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &mut |event| {
         // A refused join is said once, in the final error line (which names the layer).
         if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
             say(&event.to_string())

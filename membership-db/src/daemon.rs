@@ -1,4 +1,4 @@
-//! Pieces of the daemon driver (whose loop is `layers::daemon`): the I/O of the node core's
+//! Pieces of the daemon driver (whose loop is `manager::daemon`): the I/O of the node core's
 //! actions, the fence message, and the **fence watchdog**. The driver's main thread can block
 //! inside a read or write for as long as the disk likes (a lost SAN path, a suspended device),
 //! so a separate thread watches the fence deadline the core publishes and ends the process

@@ -1,7 +1,7 @@
 //! # simulation
 //!
 //! A deterministic simulator for the membership protocols (DESIGN sections 7 and 8). It runs
-//! the real sans-IO cores ([`layers::member::MemberCore`]: heartbeats, the Disk Paxos master
+//! the real sans-IO cores ([`manager::member::MemberCore`]: heartbeats, the Disk Paxos master
 //! claim, the transition sequencer and participants) of 3 to 32 nodes over a simulated shared
 //! disk ([`disk`]) in virtual time. The real `MembershipDb` encodes and decodes every record on
 //! that disk, so checksums, double buffering and torn writes are the real ones.

@@ -7,11 +7,11 @@
 //! checks and trace, driven by explicit crashes, freezes and leaves instead of random faults.
 
 use crate::disk::{NodePath, PathFaults, SharedDisk, SECTOR_BYTES};
-use layers::daemon::{own_records, perform_member};
-use layers::member::{Action, MemberCore, MemberEvent, MemberExit, LEAVE_MS_MAX};
-use layers::participant::Notification;
-use layers::sequencer::SeqEvent;
-use layers::steps;
+use manager::daemon::{own_records, perform_member};
+use manager::member::{Action, MemberCore, MemberEvent, MemberExit, LEAVE_MS_MAX};
+use manager::participant::Notification;
+use manager::sequencer::SeqEvent;
+use manager::steps;
 use membership_db::db::{FormatParams, MembershipDb};
 use membership_db::format::*;
 use membership_db::invariants::MasterChecker;
@@ -908,7 +908,7 @@ impl World {
             self.complete(i, action)?;
         }
         // Bounded like the driver's loop: a node that wants more waits for the next step.
-        for _ in 0..layers::daemon::ACTIONS_PER_LOOP_MAX {
+        for _ in 0..manager::daemon::ACTIONS_PER_LOOP_MAX {
             let local = self.nodes[i].local(self.t);
             let Some(core) = self.nodes[i].core.as_mut() else { break };
             let Some(action) = core.poll_action(local) else { break };
@@ -973,7 +973,7 @@ impl World {
             _ => None,
         };
         let completion = perform_member(&self.nodes[i].db, action, self.wall());
-        if let (Some(key), layers::member::Completion::Written(Ok(()))) = (written, &completion) {
+        if let (Some(key), manager::member::Completion::Written(Ok(()))) = (written, &completion) {
             self.newest_state_written = self.newest_state_written.max(key);
         }
         if let (Some(epoch), Some(before)) = (late, newest_before) {

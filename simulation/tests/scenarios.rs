@@ -3,7 +3,7 @@
 //! and leaves. The regressions of issue 7 are here too, each named after what it would have
 //! caught.
 
-use layers::member::MemberExit;
+use manager::member::MemberExit;
 use membership_db::format::{HeartbeatState, MemberState, Millis, NodeId, NodeSet, RegionKind};
 use membership_db::node::Exit;
 use simulation::sim::{Config, Violation, World, TIMING};

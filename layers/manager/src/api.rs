@@ -2,7 +2,7 @@
 //! notifications.
 //!
 //! ```
-//! use layers::api::Registry;
+//! use manager::api::Registry;
 //! use membership_db::format::Barriers;
 //! let mut registry = Registry::new();
 //! let dlm = registry.register(10, "dlm", Barriers { join: 2, leave: 1, forced_leave: 1 }).unwrap();

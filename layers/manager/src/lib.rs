@@ -1,4 +1,4 @@
-//! # layers
+//! # manager
 //!
 //! The membership manager (seed 004, "A. Membership manager"): every node join, graceful leave
 //! and forced leave is taken through the registered layers in order, with barriers, sequenced
