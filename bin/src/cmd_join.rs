@@ -10,7 +10,7 @@ use manager::member::{refusal_text_named, MemberEvent, MemberExit};
 use manager::participant::SelfState;
 use membership_db::daemon::fence_line;
 use membership_db::error::CorruptRecord;
-use membership_db::format::{newest, Barriers, HostName, MemberState, NodeEntry, TableView};
+use membership_db::format::{newest, Barriers, HostName, NodeEntry, TableView};
 use membership_db::node::{Exit, NodeConfig, Refusal};
 use membership_db::status::read_copies;
 use membership_db::time::unix_ms;
@@ -54,11 +54,7 @@ fn run_rehearsal_layer(sub: Subsystem, prefix: String) {
     let name = sub.spec().name.clone();
     std::thread::spawn(move || {
         for n in sub.notifications() {
-            let view: Vec<String> = n
-                .view
-                .iter()
-                .map(|(node, s)| format!("{node}:{}", if *s == MemberState::Joined { "joined" } else { s.name() }))
-                .collect();
+            let view: Vec<String> = n.view.iter().map(|v| format!("{}:{}", v.node, v.state.name())).collect();
             log_line(&format!(
                 "{} {prefix} layer {name}: {} of node {} (incarnation {}), barrier {} of {}; view [{}]",
                 utc(unix_ms()),

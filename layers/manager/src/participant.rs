@@ -23,8 +23,20 @@ pub struct Notification {
     pub position: Position,
     /// The layer's name as registered here.
     pub layer: String,
-    /// Every node that is not inactive, with its state, as the cluster state says now.
-    pub view: Vec<(NodeId, MemberState)>,
+    /// Every node that is not inactive, as the cluster state says now: its state, incarnation
+    /// and the position of its transition in flight, from which a layer works out which nodes
+    /// are its members at this moment.
+    pub view: Vec<ViewMember>,
+}
+
+/// A node as a notification's view shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewMember {
+    pub node: NodeId,
+    pub state: MemberState,
+    pub incarnation: u64,
+    /// Its transition in flight, if any: kind and current position.
+    pub transition: Option<(TransitionKind, Position)>,
 }
 
 impl Notification {
@@ -261,9 +273,13 @@ impl Participant {
             self.finished.push_back((t, p));
         }
         self.delivered.retain(|(t, _)| in_flight.contains(t));
-        let view: Vec<(NodeId, MemberState)> = NodeId::all(state.members.len() as u16)
-            .map(|n| (n, state.member(n).state))
-            .filter(|(_, s)| *s != MemberState::Inactive)
+        let view: Vec<ViewMember> = NodeId::all(state.members.len() as u16)
+            .map(|node| {
+                let m = state.member(node);
+                let transition = state.transition_of(node).map(|t| (t.kind, t.position));
+                ViewMember { node, state: m.state, incarnation: m.incarnation, transition }
+            })
+            .filter(|v| v.state != MemberState::Inactive)
             .collect();
         let mut out = Vec::new();
         for t in &state.transitions {
