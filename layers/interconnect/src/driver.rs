@@ -159,13 +159,16 @@ struct Link {
     delivery: Mutex<()>,
 }
 
+/// The listed peers: each link and its thread.
+type LinkTable = BTreeMap<u16, (Arc<Link>, JoinHandle<()>)>;
+
 struct Shared {
     identity: Identity,
     session_config: SessionConfig,
     epoch: Instant,
     stop: AtomicBool,
     events: Sender<Event>,
-    links: Mutex<BTreeMap<u16, (Arc<Link>, JoinHandle<()>)>>,
+    links: Mutex<LinkTable>,
     /// Threads of removed links and of handshakes, joined at shutdown.
     retired: Mutex<Vec<JoinHandle<()>>>,
     handshakes: Mutex<Vec<JoinHandle<()>>>,
