@@ -1,5 +1,8 @@
 //! The driver: std threads and TCP around the sans-IO core.
 //!
+//! Names in endpoints are resolved with the system resolver when the link dials, on the link's
+//! own thread: a slow resolver delays that link only (and `shutdown` by as much).
+//!
 //! # Threads
 //!
 //! - the *listener* accepts connections (polling every [`POLL_MS`] so shutdown is prompt) and
@@ -555,7 +558,7 @@ fn accept_one(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     let mut acceptor = Acceptor::new(shared.identity.clone(), nonce());
     let mut buf = vec![0u8; crate::core::handshake::HANDSHAKE_MESSAGE_BYTES_MAX];
     // Bounded by the deadline (read_until) and by the handshake's two inbound messages.
-    let (peer, peer_incarnation) = loop {
+    let (peer, peer_incarnation, peer_received) = loop {
         let n = match read_until(shared, &stream, &mut buf, deadline_ms) {
             Ok(0) => return refuse("closed during the handshake".into()),
             Ok(n) => n,
@@ -568,7 +571,9 @@ fn accept_one(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
                     return refuse(format!("write failed during the handshake: {e}"));
                 }
             }
-            Ok(AcceptorStep::Authenticated { peer, peer_incarnation, .. }) => break (peer, peer_incarnation),
+            Ok(AcceptorStep::Authenticated { peer, peer_incarnation, peer_received }) => {
+                break (peer, peer_incarnation, peer_received)
+            }
             Err(e) => return refuse(e.to_string()),
         }
     };
@@ -579,6 +584,9 @@ fn accept_one(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     }
     if state.session.peer_incarnation() != peer_incarnation {
         return refuse(format!("node {peer} incarnation {peer_incarnation} is stale"));
+    }
+    if let Err(e) = state.session.check_resume(peer_received) {
+        return refuse(format!("node {peer}: {e}"));
     }
     // Under the lock: no frame of this connection is written before the Accept, and the
     // received count sent is the one the session resumes from.

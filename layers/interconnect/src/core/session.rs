@@ -199,6 +199,21 @@ impl Session {
         true
     }
 
+    /// Whether a handshake reporting that the peer received `peer_received` of our messages
+    /// can resume this session (what [`Session::handle_established`] will check): call it
+    /// before confirming the handshake.
+    pub fn check_resume(&self, peer_received: u64) -> Result<(), SessionError> {
+        let sent = self.next_seq - 1;
+        let acked = self.acked();
+        if peer_received > sent {
+            return Err(SessionError::ResumeAhead { reported: peer_received, sent });
+        }
+        if peer_received < acked {
+            return Err(SessionError::ResumeBehind { reported: peer_received, acked });
+        }
+        Ok(())
+    }
+
     // Inputs.
 
     /// A handshake completed on a new connection: the peer has received `peer_received` of our
@@ -210,14 +225,7 @@ impl Session {
         keys: &DirectionKeys,
         peer_received: u64,
     ) -> Result<(), SessionError> {
-        let sent = self.next_seq - 1;
-        let acked = self.acked();
-        if peer_received > sent {
-            return Err(SessionError::ResumeAhead { reported: peer_received, sent });
-        }
-        if peer_received < acked {
-            return Err(SessionError::ResumeBehind { reported: peer_received, acked });
-        }
+        self.check_resume(peer_received)?;
         self.release_acked(peer_received);
         self.link = Link::Up(Box::new(Connection {
             send_key: FrameKey::new(&keys.send),
