@@ -22,20 +22,29 @@
 //! * **stop**: no grants and no new requests from here on; frames other than recovery frames
 //!   wait until resume. A node leaving gracefully fails its clients' locks with
 //!   [`LockError::NodeLeaving`].
-//! * **rebuild**: the members change. Every node clears its directory; masters purge the locks
-//!   of nodes that left (a PW or EX holder among them makes the value block not valid) and send
-//!   a directory entry for each resource they master to its new directory node; owners send
-//!   their locks on resources whose master left to the new master (the resource's new
-//!   directory node); a master leaving gracefully hands its value blocks over. Each node then
-//!   sends a *rebuild done* to every member, and acknowledges the barrier once it has one
-//!   from every member (the interconnect delivers in order, so everything sent before it has
-//!   arrived). Frames of a round this node has not reached yet are kept until it does.
+//! * **rebuild**: the members change, and a recovery *round* runs among the new members, in
+//!   three steps, each ended by a `Done` from every member (the interconnect delivers in order,
+//!   so whatever a node sent before its `Done` has arrived with it):
+//!   1. *agree*: masters purge the locks of the nodes that left (a PW or EX holder among them
+//!      makes the value block not valid); caches of a departed master are forgotten. Every
+//!      member reaching this step proves it works from the same members.
+//!   2. *directory*: every node sends, for each resource whose master it knows and which is
+//!      still here, an entry to the resource's directory node (the directory is rebuilt from
+//!      scratch).
+//!   3. *masters*: an owner of locks on a resource whose master left asks its directory node,
+//!      which names the first to ask; the owner then sends its locks to that master. The new
+//!      master takes the value block from a holder whose mode excludes writers (CW, PR, PW,
+//!      EX: nobody can have written it since their grant), else marks it not valid.
+//!
+//!   The barrier is acknowledged once the round completes.
 //! * **resume**: grant what is grantable, resend blocking callbacks, and carry on with what
 //!   waited.
 //!
 //! Transitions of different nodes may be in flight at once: the node stays stopped while any
-//! is between its stop and its resume, and a rebuild round is named by the members it is for,
-//! so a round overtaken by a later change is simply redone for the new members.
+//! is between its stop and its resume. A round is named by its members and the newest
+//! transition whose rebuild it follows, so every node reaches the same last round whatever the
+//! order it saw the rebuilds in; a round overtaken by a later one is left, and what it did stays
+//! true (a master chosen in it keeps its resources, and says so in the next directory).
 
 use crate::mode::Mode;
 use crate::queues::{MasterOutput, Queues};
@@ -48,8 +57,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 pub const LOCKS_MAX: usize = 4 << 20;
 /// Resources this node knows (masters or caches), at most.
 pub const RESOURCES_MAX: usize = 4 << 20;
-/// Rounds of recovery frames kept for rounds this node has not reached yet.
+/// Rounds of directory entries kept for rounds this node has not reached yet.
 pub const EARLY_ROUNDS_MAX: usize = 8;
+/// Directory entries kept per such round.
+pub const EARLY_ENTRIES_MAX: usize = RESOURCES_MAX;
+/// (round, step) pairs whose `Done`s are counted.
+pub const DONE_ENTRIES_MAX: usize = 3 * (EARLY_ROUNDS_MAX + 1);
+/// Recovery lookups kept for a later step.
+pub const RECOVER_LOOKUPS_MAX: usize = RESOURCES_MAX;
+/// The step of a completed recovery round.
+pub const STEP_COMPLETE: u8 = 4;
 /// Lookups of one resource answered "ask again" before its requests fail.
 pub const LOOKUP_RETRIES_MAX: u32 = 8;
 /// Frames received while stopped, kept for resume (beyond: the sender is far ahead or hostile).
@@ -176,13 +193,6 @@ pub enum State {
     Running,
 }
 
-/// How recovery chooses a re-mastered resource's value block.
-#[derive(Debug, Default)]
-struct LvbChoice {
-    handoff: Option<(Lvb, bool)>,
-    holder: Option<Lvb>,
-}
-
 pub struct DlmCore {
     me: NodeId,
     state: State,
@@ -193,18 +203,23 @@ pub struct DlmCore {
     /// The newest transition whose rebuild this node has seen.
     newest_rebuild: u64,
     /// The current recovery round (a fingerprint of `members` and `newest_rebuild`: the same
-    /// on every node once they have seen the same rebuilds, whatever their order), and whether
-    /// it is complete.
+    /// on every node once they have seen the same rebuilds, whatever their order), and its step
+    /// (1 to 3, then [`STEP_COMPLETE`]).
     round: u64,
-    round_complete: bool,
-    /// Nodes whose rebuild done this round needs.
-    round_waits_for: BTreeSet<NodeId>,
-    /// Rebuild dones received, by round (the current one and a few early ones).
-    done_from: VecDeque<(u64, BTreeSet<NodeId>)>,
-    /// Recovery frames of rounds not reached yet, oldest first.
-    early: VecDeque<(u64, Vec<(NodeId, Frame)>)>,
+    step: u8,
+    /// The nodes that reached (round, step), for the current round and a few others.
+    done_from: VecDeque<(u64, u8, BTreeSet<NodeId>)>,
+    /// Directory entries of rounds this node has not reached yet.
+    early_entries: VecDeque<(u64, Vec<(ResName, NodeId)>)>,
+    /// Recovery lookups this node, as directory node, answers in step 3 of their round.
+    recover_lookups: Vec<(NodeId, u64, ResName)>,
+    /// Resources whose master this node asked for in step 3.
+    awaiting_masters: BTreeSet<ResName>,
+    /// Resources this node masters since a recovery whose value block is not settled yet, and
+    /// the value blocks their holders reported.
+    recovering: BTreeSet<ResName>,
+    recovered_lvbs: HashMap<(ResName, GlobalLockId), Lvb>,
     rebuild_acks: Vec<u64>,
-    lvb_choices: HashMap<ResName, LvbChoice>,
     /// Bumped by every rebuild: lookups answered for an older one are ignored.
     gen: u64,
     resources: HashMap<ResName, Resource>,
@@ -244,12 +259,14 @@ impl DlmCore {
             stopped_by: BTreeMap::new(),
             newest_rebuild: 0,
             round: 0,
-            round_complete: true,
-            round_waits_for: BTreeSet::new(),
+            step: STEP_COMPLETE,
             done_from: VecDeque::new(),
-            early: VecDeque::new(),
+            early_entries: VecDeque::new(),
+            recover_lookups: Vec::new(),
+            awaiting_masters: BTreeSet::new(),
+            recovering: BTreeSet::new(),
+            recovered_lvbs: HashMap::new(),
             rebuild_acks: Vec::new(),
-            lvb_choices: HashMap::new(),
             gen: 0,
             resources: HashMap::new(),
             directory: HashMap::new(),
@@ -315,9 +332,26 @@ impl DlmCore {
         v
     }
 
-    /// Every granted mode of this node, orphans included (they are held until released).
-    pub fn granted_modes(&self) -> impl Iterator<Item = (&ResName, LockId, Mode)> + '_ {
-        self.locks.iter().filter_map(|(id, l)| l.granted.map(|g| (&l.res, *id, g)))
+    /// Every lock of this node that holds a mode, orphans included (they hold it until
+    /// released), with the mode it may rely on: a conversion down counts from its request.
+    pub fn held_modes(&self) -> Vec<(ResName, LockId, Mode)> {
+        self.locks
+            .iter()
+            .filter_map(|(id, l)| {
+                let g = l.granted?;
+                let mode = match l.requested {
+                    Some(r) if crate::queues::is_down_conversion(g, r) => r,
+                    _ => g,
+                };
+                Some((l.res.clone(), *id, mode))
+            })
+            .collect()
+    }
+
+    /// Whether a lock of this node is waiting for a grant (or conversion), or released but
+    /// not yet by its master (an orphan).
+    pub fn requests_in_flight(&self) -> usize {
+        self.locks.values().filter(|l| l.requested.is_some() || l.orphan).count()
     }
 
     /// The resources this node masters, with their queues.
@@ -573,6 +607,12 @@ impl DlmCore {
 
     /// Applies an operation to a resource mastered here, from its owner `from`.
     fn master_op(&mut self, from: NodeId, res: &ResName, op: Op) {
+        // The directory named this node master before this node heard so (its own lookup's
+        // answer is on its way): it masters the resource from now.
+        let r = self.resource_entry(res);
+        if matches!(r.master, Master::Unknown) {
+            r.master = Master::Me(Queues::default());
+        }
         let Some(Resource { master: Master::Me(q), .. }) = self.resources.get_mut(res) else {
             self.dropped_frames += 1;
             return;
@@ -666,15 +706,17 @@ impl DlmCore {
 
     /// A frame from node `from` (authenticated by the interconnect, in order).
     pub fn handle_frame(&mut self, from: NodeId, frame: Frame) {
-        if let Some(round) = frame.round() {
-            if round != self.round || self.state == State::Out {
-                self.keep_early(round, from, frame);
-            } else {
-                self.recovery_frame(from, frame);
-            }
+        if from == self.me {
+            self.dropped_frames += 1;
             return;
         }
-        if !self.is_member(from) || from == self.me {
+        // Recovery frames count even before this node joins: a joiner hears the others'
+        // `Done`s and directory entries before its own rebuild notification may arrive.
+        if frame.round().is_some() {
+            self.recovery_frame(from, frame);
+            return;
+        }
+        if self.state == State::Out || !self.is_member(from) {
             self.dropped_frames += 1;
             return;
         }
@@ -689,39 +731,6 @@ impl DlmCore {
         self.running_frame(from, frame);
     }
 
-    fn keep_early(&mut self, round: u64, from: NodeId, frame: Frame) {
-        if let Frame::RebuildDone { round } = frame {
-            self.done_entry(round).insert(from);
-            return;
-        }
-        match self.early.iter_mut().find(|(r, _)| *r == round) {
-            Some((_, frames)) => frames.push((from, frame)),
-            None => {
-                if self.early.len() >= EARLY_ROUNDS_MAX {
-                    // Rounds are fingerprints, not ordered: drop the one heard of first.
-                    self.early.pop_front();
-                    self.dropped_frames += 1;
-                }
-                self.early.push_back((round, vec![(from, frame)]));
-            }
-        }
-    }
-
-    /// The rebuild dones of `round`, kept for the current round and a few others.
-    fn done_entry(&mut self, round: u64) -> &mut BTreeSet<NodeId> {
-        if let Some(i) = self.done_from.iter().position(|(r, _)| *r == round) {
-            return &mut self.done_from[i].1;
-        }
-        if self.done_from.len() > EARLY_ROUNDS_MAX {
-            let current = self.round;
-            if let Some(i) = self.done_from.iter().position(|(r, _)| *r != current) {
-                self.done_from.remove(i);
-            }
-        }
-        self.done_from.push_back((round, BTreeSet::new()));
-        &mut self.done_from.back_mut().expect("pushed").1
-    }
-
     fn running_frame(&mut self, from: NodeId, frame: Frame) {
         match frame {
             Frame::Lookup { gen, res } => {
@@ -733,21 +742,14 @@ impl DlmCore {
                 self.transmit.push_back((from, Frame::LookupReply { gen, res, master }));
             }
             Frame::LookupReply { gen, res, master } => self.lookup_reply(gen, res, master),
-            Frame::Request { res, lock, mode, noqueue } => {
-                self.master_op(from, &res, Op::Request { lock, mode, noqueue })
-            }
+            Frame::Request { res, lock, mode, noqueue } => self.master_op(from, &res, Op::Request { lock, mode, noqueue }),
             Frame::Convert { res, lock, mode, noqueue, quecvt, lvb } => {
                 self.master_op(from, &res, Op::Convert { lock, mode, noqueue, quecvt, lvb })
             }
             Frame::Unlock { res, lock, lvb } => self.master_op(from, &res, Op::Unlock { lock, lvb }),
             Frame::Cancel { res, lock, error } => self.master_op(from, &res, Op::Cancel { lock, error }),
             f @ (Frame::Granted { .. } | Frame::Failed { .. } | Frame::Blocking { .. }) => self.owner_frame(f),
-            Frame::DirEntry { .. }
-            | Frame::RecoverLock { .. }
-            | Frame::LvbHandoff { .. }
-            | Frame::RebuildDone { .. } => {
-                unreachable!("recovery frames are handled apart")
-            }
+            _ => unreachable!("recovery frames are handled apart"),
         }
     }
 
@@ -811,16 +813,19 @@ impl DlmCore {
                 members.dedup_by_key(|(n, _)| *n);
                 self.newest_rebuild = self.newest_rebuild.max(b.transition);
                 let me = self.me;
-                let was_member = self.is_member(me);
-                if !was_member && !members.iter().any(|(n, _)| *n == me) {
-                    // Not a member before or after: nothing to rebuild here.
+                let member_after = members.iter().any(|(n, _)| *n == me);
+                if !member_after {
+                    // Leaving (or not a member yet): nothing to rebuild here.
+                    if self.state != State::Out {
+                        self.go_out();
+                    }
                     self.acks.push_back(b.key);
                     return;
                 }
                 if fingerprint(&members, self.newest_rebuild) != self.round {
-                    self.rebuild(members, b.leaving);
+                    self.rebuild(members);
                 }
-                if self.round_complete {
+                if self.step == STEP_COMPLETE {
                     self.acks.push_back(b.key);
                 } else {
                     self.rebuild_acks.push(b.key);
@@ -851,83 +856,236 @@ impl DlmCore {
         }
     }
 
-    fn rebuild(&mut self, members: Vec<(NodeId, u64)>, leaving: Option<NodeId>) {
-        let old: BTreeSet<NodeId> = self.members.iter().map(|(n, _)| *n).collect();
-        let new: BTreeSet<NodeId> = members.iter().map(|(n, _)| *n).collect();
-        let departed: Vec<NodeId> = old.difference(&new).copied().collect();
-        self.members = members;
-        // What was kept for the round being left is stale from now on.
-        let left = self.round;
-        self.early.retain(|(r, _)| *r != left);
-        self.done_from.retain(|(r, _)| *r != left);
-        self.round = fingerprint(&self.members, self.newest_rebuild);
-        self.gen += 1;
+    fn go_out(&mut self) {
+        self.fail_all_locks(LockError::NodeLeaving);
+        self.resources.clear();
         self.directory.clear();
-        self.lvb_choices.clear();
-        let round = self.round;
-        if !new.contains(&self.me) {
-            self.leave_rebuild(round);
-            return;
-        }
+        self.deferred.clear();
+        self.members.clear();
+        self.recovering.clear();
+        self.state = State::Out;
+        self.round = 0;
+        self.step = STEP_COMPLETE;
+        self.acks.extend(self.rebuild_acks.drain(..));
+    }
+
+    /// Starts recovery round for `members` (this node among them).
+    fn rebuild(&mut self, members: Vec<(NodeId, u64)>) {
+        let departed: Vec<NodeId> =
+            self.members.iter().filter(|m| !members.contains(m)).map(|(n, _)| *n).collect();
+        self.members = members;
+        self.round = fingerprint(&self.members, self.newest_rebuild);
+        self.step = 1;
+        self.gen += 1;
         self.state = State::Stopped;
-        // Masters: purge the departed, re-register with the new directory nodes.
-        let me = self.me;
-        let mut orphaned: BTreeSet<ResName> = BTreeSet::new();
-        let names: Vec<ResName> = self.resources.keys().cloned().collect();
-        for res in names {
-            let dir = self.directory_node(&res);
-            let r = self.resources.get_mut(&res).expect("listed");
+        self.directory.clear();
+        self.awaiting_masters.clear();
+        let round = self.round;
+        self.recover_lookups.retain(|(_, r, _)| *r == round);
+        // Directory entries sent by nodes that reached this round first.
+        if let Some(i) = self.early_entries.iter().position(|(r, _)| *r == round) {
+            let (_, entries) = self.early_entries.remove(i).expect("found");
+            for (res, master) in entries {
+                self.directory.entry(res).or_insert(master);
+            }
+        }
+        self.early_entries.retain(|(r, _)| *r != round);
+        // Masters forget the departed; caches and lookups of a departed master are void.
+        for r in self.resources.values_mut() {
             match &mut r.master {
                 Master::Me(q) => {
                     for d in &departed {
                         q.purge_node(*d);
                     }
                     q.forget_blocking_sent();
-                    if dir == me {
-                        self.directory.insert(res, me);
-                    } else {
-                        self.transmit.push_back((dir, Frame::DirEntry { round, res }));
-                    }
                 }
-                Master::Remote(m) if departed.contains(m) => {
-                    // Its new master is its new directory node, once a lock of it is recovered
-                    // there; until then nobody masters it.
+                Master::Remote(m) if departed.contains(m) => r.master = Master::Unknown,
+                Master::LookingUp { .. } => {
+                    // Its lock states are recovered from this node's own records in step 3.
                     r.master = Master::Unknown;
-                    orphaned.insert(res);
+                    r.pending.clear();
                 }
                 Master::Remote(_) | Master::Unknown => {}
-                Master::LookingUp { .. } => r.master = Master::Unknown,
             }
         }
-        // Owners: report locks on re-mastered resources to their new masters.
-        let ids: Vec<LockId> =
-            self.locks.iter().filter(|(_, l)| orphaned.contains(&l.res)).map(|(id, _)| *id).collect();
+        // A cancel sent to a master that left is done: it never reached a queue.
+        let cancelled: Vec<LockId> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| l.cancelling.is_some())
+            .filter(|(_, l)| self.resources.get(&l.res).is_none_or(|r| matches!(r.master, Master::Unknown)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in cancelled {
+            let l = self.locks.get_mut(&id).expect("listed");
+            let error = l.cancelling.take().expect("filtered");
+            l.requested = None;
+            l.deadline = None;
+            let (client, orphan, held) = (l.client, l.orphan, l.granted.is_some());
+            if !held {
+                let l = self.locks.remove(&id).expect("exists");
+                self.forget_own(&l.res);
+            }
+            if !orphan {
+                self.events.push_back(ClientEvent::Completion { client, lock: id, result: Err(error) });
+            }
+        }
+        self.send_done();
+        self.check_step();
+    }
+
+    fn send_done(&mut self) {
+        let (round, step) = (self.round, self.step);
+        for (n, _) in &self.members {
+            if *n != self.me {
+                self.transmit.push_back((*n, Frame::Done { round, step }));
+            }
+        }
+        let me = self.me;
+        self.done_entry(round, step).insert(me);
+    }
+
+    /// The nodes that reached `step` of `round`, kept for a few rounds.
+    fn done_entry(&mut self, round: u64, step: u8) -> &mut BTreeSet<NodeId> {
+        if let Some(i) = self.done_from.iter().position(|(r, s, _)| *r == round && *s == step) {
+            return &mut self.done_from[i].2;
+        }
+        if self.done_from.len() >= DONE_ENTRIES_MAX {
+            let current = self.round;
+            if let Some(i) = self.done_from.iter().position(|(r, _, _)| *r != current) {
+                self.done_from.remove(i);
+            }
+        }
+        self.done_from.push_back((round, step, BTreeSet::new()));
+        &mut self.done_from.back_mut().expect("pushed").2
+    }
+
+    fn step_reached_by_all(&self) -> bool {
+        let (round, step) = (self.round, self.step);
+        let Some((_, _, done)) = self.done_from.iter().find(|(r, s, _)| *r == round && *s == step) else {
+            return false;
+        };
+        self.members.iter().all(|(n, _)| done.contains(n))
+    }
+
+    /// Moves recovery on while every member has reached the current step.
+    fn check_step(&mut self) {
+        // Three steps at most per call: bounded.
+        for _ in 0..STEP_COMPLETE {
+            if self.step == STEP_COMPLETE || self.state == State::Out || !self.step_reached_by_all() {
+                return;
+            }
+            match self.step {
+                // Every member is in this round: they agree on the members. Rebuild the
+                // directory from what every node knows of the masters that are still here.
+                1 => {
+                    self.step = 2;
+                    let round = self.round;
+                    let me = self.me;
+                    let mut entries = Vec::new();
+                    for (res, r) in &self.resources {
+                        let master = match r.master {
+                            Master::Me(_) => me,
+                            Master::Remote(m) => m,
+                            _ => continue,
+                        };
+                        entries.push((self.directory_node(res), res.clone(), master));
+                    }
+                    for (dir, res, master) in entries {
+                        if dir == me {
+                            self.directory.entry(res).or_insert(master);
+                        } else {
+                            self.transmit.push_back((dir, Frame::DirEntry { round, res, master }));
+                        }
+                    }
+                    self.send_done();
+                }
+                // The directory is complete: find masters for this node's locks whose master
+                // left, and send them there.
+                2 => {
+                    self.step = 3;
+                    let round = self.round;
+                    let me = self.me;
+                    let unmastered: BTreeSet<ResName> = self
+                        .locks
+                        .values()
+                        .map(|l| &l.res)
+                        .filter(|res| self.resources.get(*res).is_none_or(|r| matches!(r.master, Master::Unknown)))
+                        .cloned()
+                        .collect();
+                    for res in unmastered {
+                        if self.directory_node(&res) == me {
+                            let master = *self.directory.entry(res.clone()).or_insert(me);
+                            self.master_found(res, master);
+                        } else {
+                            let dir = self.directory_node(&res);
+                            self.awaiting_masters.insert(res.clone());
+                            self.transmit.push_back((dir, Frame::RecoverLookup { round, res }));
+                        }
+                    }
+                    let asked: Vec<(NodeId, u64, ResName)> = std::mem::take(&mut self.recover_lookups);
+                    for (from, r, res) in asked {
+                        self.answer_recover_lookup(from, r, res);
+                    }
+                    if self.awaiting_masters.is_empty() {
+                        self.send_done();
+                    }
+                }
+                // Every member's locks are with their masters.
+                _ => {
+                    self.step = STEP_COMPLETE;
+                    for res in std::mem::take(&mut self.recovering) {
+                        let Some(Resource { master: Master::Me(q), .. }) = self.resources.get_mut(&res) else {
+                            continue;
+                        };
+                        // The value block is current only if some holder excludes writers.
+                        let holder = q
+                            .granted
+                            .iter()
+                            .chain(q.converting.iter())
+                            .filter(|l| l.granted.is_some_and(Mode::excludes_writers))
+                            .find_map(|l| self.recovered_lvbs.get(&(res.clone(), l.id)).copied());
+                        let valid = holder.is_some();
+                        #[cfg(feature = "planted-bugs")]
+                        let valid = valid || crate::planted::LVB_ALWAYS_VALID.active();
+                        if let Some(v) = holder {
+                            q.lvb = v;
+                        }
+                        q.lvb_valid = valid;
+                    }
+                    self.recovered_lvbs.clear();
+                    self.acks.extend(self.rebuild_acks.drain(..));
+                    self.maybe_resume();
+                }
+            }
+        }
+    }
+
+    /// The master of `res`, whose master left, is `master`: send it this node's locks on it.
+    fn master_found(&mut self, res: ResName, master: NodeId) {
+        let me = self.me;
+        let round = self.round;
+        {
+            let r = self.resource_entry(&res);
+            if master == me {
+                if !matches!(r.master, Master::Me(_)) {
+                    r.master = Master::Me(Queues::default());
+                }
+            } else {
+                r.master = Master::Remote(master);
+            }
+        }
+        let mut ids: Vec<LockId> = self.locks.iter().filter(|(_, l)| l.res == res).map(|(id, _)| *id).collect();
+        ids.sort();
         for id in ids {
+            let l = &self.locks[&id];
             #[cfg(feature = "planted-bugs")]
-            if crate::planted::RECOVERY_FORGETS_WAITING.active() && self.locks[&id].granted.is_none() {
+            if crate::planted::RECOVERY_FORGETS_WAITING.active() && l.granted.is_none() {
                 continue;
             }
-            let l = self.locks.get_mut(&id).expect("listed");
-            if let Some(error) = l.cancelling.take() {
-                // The cancel went to a master that left: it is done here.
-                l.requested = None;
-                l.deadline = None;
-                let (client, orphan, held) = (l.client, l.orphan, l.granted.is_some());
-                if !held {
-                    let l = self.locks.remove(&id).expect("exists");
-                    self.forget_own(&l.res);
-                }
-                if !orphan {
-                    self.events.push_back(ClientEvent::Completion { client, lock: id, result: Err(error) });
-                }
-                if !held {
-                    continue;
-                }
-            }
-            let l = &self.locks[&id];
             let frame = Frame::RecoverLock {
                 round,
-                res: l.res.clone(),
+                res: res.clone(),
                 lock: id,
                 granted: l.granted,
                 requested: l.requested,
@@ -935,129 +1093,106 @@ impl DlmCore {
                 lvb: l.lvb,
                 lvb_valid: l.lvb_valid,
             };
-            let master = self.directory_node(&l.res);
             if master == me {
-                self.recovery_frame(me, frame);
+                self.recover_lock(me, frame);
             } else {
-                let res = l.res.clone();
-                self.resource_entry(&res).master = Master::Remote(master);
                 self.transmit.push_back((master, frame));
             }
         }
-        self.round_waits_for = new.iter().copied().filter(|n| *n != me).collect();
-        if let Some(l) = leaving.filter(|l| *l != me) {
-            self.round_waits_for.insert(l);
-        }
-        self.round_complete = false;
-        for (n, _) in &self.members {
-            if *n != me {
-                self.transmit.push_back((*n, Frame::RebuildDone { round }));
-            }
-        }
-        if let Some(l) = leaving.filter(|l| *l != me) {
-            self.transmit.push_back((l, Frame::RebuildDone { round }));
-        }
-        if let Some(i) = self.early.iter().position(|(r, _)| *r == round) {
-            let (_, frames) = self.early.remove(i).expect("found");
-            for (from, f) in frames {
-                self.recovery_frame(from, f);
-            }
-        }
-        self.check_round();
     }
 
-    /// This node leaves gracefully: hand the value blocks it masters to their new masters.
-    fn leave_rebuild(&mut self, round: u64) {
-        let mut frames = Vec::new();
-        for (res, r) in &self.resources {
-            if let Master::Me(q) = &r.master {
-                let to = self.directory_node(res);
-                frames.push((to, Frame::LvbHandoff { round, res: res.clone(), lvb: q.lvb, lvb_valid: q.lvb_valid }));
-            }
+    fn answer_recover_lookup(&mut self, from: NodeId, round: u64, res: ResName) {
+        if round != self.round || self.directory_node(&res) != self.me || !self.is_member(from) {
+            return; // the asker has moved on too, or will ask again in the round both reach
         }
-        self.transmit.extend(frames);
-        for (n, _) in &self.members {
-            self.transmit.push_back((*n, Frame::RebuildDone { round }));
-        }
-        self.go_out();
+        let master = *self.directory.entry(res.clone()).or_insert(from);
+        self.transmit.push_back((from, Frame::RecoverLookupReply { round, res, master }));
     }
 
-    fn go_out(&mut self) {
-        self.fail_all_locks(LockError::NodeLeaving);
-        self.resources.clear();
-        self.directory.clear();
-        self.deferred.clear();
-        self.members.clear();
-        self.state = State::Out;
-        self.round_complete = true;
-        self.acks.extend(self.rebuild_acks.drain(..));
+    fn recover_lock(&mut self, from: NodeId, frame: Frame) {
+        let Frame::RecoverLock { res, lock, granted, requested, quecvt, lvb, lvb_valid, .. } = frame else {
+            unreachable!("only RecoverLock comes here")
+        };
+        let r = self.resource_entry(&res);
+        if !matches!(r.master, Master::Me(_)) {
+            r.master = Master::Me(Queues::default());
+            self.recovering.insert(res.clone());
+        }
+        let Some(Resource { master: Master::Me(q), .. }) = self.resources.get_mut(&res) else { unreachable!() };
+        let id = GlobalLockId { node: from, lock };
+        q.insert_recovered(id, granted, requested, quecvt);
+        if lvb_valid && self.recovering.contains(&res) {
+            self.recovered_lvbs.insert((res, id), lvb);
+        }
     }
 
+    /// Recovery frames: applied whenever they come from a member (a node ahead of this one in
+    /// a later round sends what is true of the masters it knows); `Done` counts per round.
     fn recovery_frame(&mut self, from: NodeId, frame: Frame) {
-        let me = self.me;
         match frame {
-            Frame::DirEntry { res, .. } => {
-                self.directory.insert(res, from);
-            }
-            Frame::RecoverLock { res, lock, granted, requested, quecvt, lvb, lvb_valid, .. } => {
-                let r = self.resource_entry(&res);
-                if !matches!(r.master, Master::Me(_)) {
-                    r.master = Master::Me(Queues::default());
+            Frame::Done { round, step } => {
+                self.done_entry(round, step).insert(from);
+                if round == self.round {
+                    self.check_step();
                 }
-                let Master::Me(q) = &mut r.master else { unreachable!() };
-                q.insert_recovered(GlobalLockId { node: from, lock }, granted, requested, quecvt);
-                self.directory.insert(res.clone(), me);
-                if granted.is_some_and(Mode::excludes_writers) && lvb_valid {
-                    self.lvb_choices.entry(res).or_default().holder = Some(lvb);
+            }
+            Frame::DirEntry { round, res, master } => {
+                if round == self.round {
+                    if self.is_member(master) {
+                        self.directory.entry(res).or_insert(master);
+                    }
                 } else {
-                    self.lvb_choices.entry(res).or_default();
+                    self.keep_early_entry(round, res, master);
                 }
             }
-            Frame::LvbHandoff { res, lvb, lvb_valid, .. } => {
-                let r = self.resource_entry(&res);
-                if !matches!(r.master, Master::Me(_)) {
-                    r.master = Master::Me(Queues::default());
+            Frame::RecoverLookup { round, res } => {
+                if round == self.round && self.step >= 3 {
+                    self.answer_recover_lookup(from, round, res);
+                } else if self.recover_lookups.len() < RECOVER_LOOKUPS_MAX {
+                    self.recover_lookups.push((from, round, res));
+                } else {
+                    self.dropped_frames += 1;
                 }
-                self.directory.insert(res.clone(), me);
-                self.lvb_choices.entry(res).or_default().handoff = Some((lvb, lvb_valid));
             }
-            Frame::RebuildDone { round } => {
-                self.done_entry(round).insert(from);
-                self.check_round();
+            Frame::RecoverLookupReply { round, res, master } => {
+                if round != self.round || !self.awaiting_masters.remove(&res) {
+                    return;
+                }
+                if self.is_member(master) {
+                    self.master_found(res, master);
+                }
+                if self.awaiting_masters.is_empty() && self.step == 3 {
+                    self.send_done();
+                    self.check_step();
+                }
+            }
+            f @ Frame::RecoverLock { .. } => {
+                if self.is_member(from) {
+                    self.recover_lock(from, f);
+                } else {
+                    self.dropped_frames += 1;
+                }
             }
             _ => unreachable!("only recovery frames come here"),
         }
     }
 
-    fn check_round(&mut self) {
-        if self.round_complete || self.state == State::Out {
-            return;
+    fn keep_early_entry(&mut self, round: u64, res: ResName, master: NodeId) {
+        match self.early_entries.iter_mut().find(|(r, _)| *r == round) {
+            Some((_, v)) if v.len() < EARLY_ENTRIES_MAX => v.push((res, master)),
+            Some(_) => self.dropped_frames += 1,
+            None => {
+                if self.early_entries.len() >= EARLY_ROUNDS_MAX {
+                    self.early_entries.pop_front();
+                    self.dropped_frames += 1;
+                }
+                self.early_entries.push_back((round, vec![(res, master)]));
+            }
         }
-        let round = self.round;
-        let done = self.done_from.iter().find(|(r, _)| *r == round).map(|(_, d)| d);
-        if !self.round_waits_for.iter().all(|n| done.is_some_and(|d| d.contains(n))) {
-            return;
-        }
-        // Every member's recovery frames are in: settle the value blocks.
-        for (res, choice) in std::mem::take(&mut self.lvb_choices) {
-            let Some(Resource { master: Master::Me(q), .. }) = self.resources.get_mut(&res) else { continue };
-            let (lvb, valid) = match (choice.handoff, choice.holder) {
-                (Some(h), _) => h,
-                (None, Some(v)) => (v, true),
-                (None, None) => (q.lvb, false),
-            };
-            #[cfg(feature = "planted-bugs")]
-            let valid = valid || crate::planted::LVB_ALWAYS_VALID.active();
-            q.lvb = lvb;
-            q.lvb_valid = valid;
-        }
-        self.round_complete = true;
-        self.acks.extend(self.rebuild_acks.drain(..));
-        self.maybe_resume();
     }
 
     fn maybe_resume(&mut self) {
-        if self.state != State::Stopped || !self.stopped_by.is_empty() || !self.round_complete {
+        if self.state != State::Stopped || !self.stopped_by.is_empty() || self.step != STEP_COMPLETE {
             return;
         }
         self.state = State::Running;
@@ -1078,24 +1213,9 @@ impl DlmCore {
                 self.dropped_frames += 1;
             }
         }
-        let waiting: Vec<(ResName, Vec<Op>)> = self
-            .resources
-            .iter_mut()
-            .filter(|(_, r)| !r.pending.is_empty() && matches!(r.master, Master::Unknown))
-            .map(|(n, r)| (n.clone(), std::mem::take(&mut r.pending)))
-            .collect();
-        for (res, ops) in waiting {
-            for op in ops {
-                self.route(res.clone(), op);
-            }
-        }
         let parked = std::mem::take(&mut self.parked);
         for (res, op) in parked {
-            if self.state != State::Running {
-                self.parked.push_back((res, op));
-            } else {
-                self.route(res, op);
-            }
+            self.route(res, op);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::cell::Cell;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bug(&'static str);
 
-/// A new request is granted past queued conversions (it looks only at the waiting queue).
+/// A grant ignores the converting queue: the modes its locks still hold are not checked.
 pub const GRANT_IGNORES_CONVERTING: Bug = Bug("grant-ignores-converting");
 /// Recovery forgets a survivor's waiting request on a re-mastered resource.
 pub const RECOVERY_FORGETS_WAITING: Bug = Bug("recovery-forgets-waiting");

@@ -78,9 +78,13 @@ impl Queues {
 
     /// Every granted mode but `except`'s (converting locks hold their granted mode).
     fn holders(&self, except: GlobalLockId) -> impl Iterator<Item = (GlobalLockId, Mode)> + '_ {
+        #[cfg(feature = "planted-bugs")]
+        let converting = if crate::planted::GRANT_IGNORES_CONVERTING.active() { &[][..] } else { &self.converting[..] };
+        #[cfg(not(feature = "planted-bugs"))]
+        let converting = &self.converting[..];
         self.granted
             .iter()
-            .chain(self.converting.iter())
+            .chain(converting.iter())
             .filter(move |l| l.id != except)
             .filter_map(|l| l.granted.map(|g| (l.id, g)))
     }
@@ -112,8 +116,6 @@ impl Queues {
         }
         let lock = MasterLock { id, granted: None, requested: Some(mode), quecvt: false, blocking_sent: None };
         let queue_empty = self.converting.is_empty() && self.waiting.is_empty();
-        #[cfg(feature = "planted-bugs")]
-        let queue_empty = queue_empty || crate::planted::GRANT_IGNORES_CONVERTING.active() && self.waiting.is_empty();
         if queue_empty && self.compatible_with_holders(id, mode) {
             self.granted.push(MasterLock { granted: Some(mode), requested: None, ..lock });
             out.push(self.grant_output(id, mode));

@@ -72,12 +72,17 @@ pub enum Frame {
         lock: LockId,
         wanted: Mode,
     },
-    /// Recovery round `round`, master to the resource's new directory node: I master `res`.
-    DirEntry {
-        round: u64,
-        res: ResName,
-    },
-    /// Recovery, owner to the new master of a resource whose master left: my lock.
+    /// Recovery round `round` has reached step `step` on the sender: it has sent everything
+    /// of the steps before.
+    Done { round: u64, step: u8 },
+    /// Recovery step 2, to the resource's directory node: `master` masters `res` (sent by the
+    /// master and by every owner that knows it).
+    DirEntry { round: u64, res: ResName, master: NodeId },
+    /// Recovery step 3, owner to directory node: who masters `res`, whose master left? The
+    /// first to ask becomes its master.
+    RecoverLookup { round: u64, res: ResName },
+    RecoverLookupReply { round: u64, res: ResName, master: NodeId },
+    /// Recovery step 3, owner to the resource's (new) master: my lock.
     RecoverLock {
         round: u64,
         res: ResName,
@@ -88,27 +93,17 @@ pub enum Frame {
         lvb: Lvb,
         lvb_valid: bool,
     },
-    /// Recovery, a master leaving gracefully to the new master: the value block.
-    LvbHandoff {
-        round: u64,
-        res: ResName,
-        lvb: Lvb,
-        lvb_valid: bool,
-    },
-    /// Recovery: everything this node sends in round `round` has been sent.
-    RebuildDone {
-        round: u64,
-    },
 }
 
 impl Frame {
     /// The recovery round a frame belongs to, if it is a recovery frame.
     pub fn round(&self) -> Option<u64> {
         match self {
-            Frame::DirEntry { round, .. }
-            | Frame::RecoverLock { round, .. }
-            | Frame::LvbHandoff { round, .. }
-            | Frame::RebuildDone { round } => Some(*round),
+            Frame::Done { round, .. }
+            | Frame::DirEntry { round, .. }
+            | Frame::RecoverLookup { round, .. }
+            | Frame::RecoverLookupReply { round, .. }
+            | Frame::RecoverLock { round, .. } => Some(*round),
             _ => None,
         }
     }
@@ -269,13 +264,30 @@ impl Frame {
                 o.u64(lock.0);
                 o.u8(*wanted as u8);
             }
-            Frame::DirEntry { round, res } => {
+            Frame::Done { round, step } => {
                 o.u8(10);
+                o.u64(*round);
+                o.u8(*step);
+            }
+            Frame::DirEntry { round, res, master } => {
+                o.u8(11);
+                o.u64(*round);
+                o.res(res);
+                o.u16(master.0);
+            }
+            Frame::RecoverLookup { round, res } => {
+                o.u8(12);
                 o.u64(*round);
                 o.res(res);
             }
+            Frame::RecoverLookupReply { round, res, master } => {
+                o.u8(13);
+                o.u64(*round);
+                o.res(res);
+                o.u16(master.0);
+            }
             Frame::RecoverLock { round, res, lock, granted, requested, quecvt, lvb, lvb_valid } => {
-                o.u8(11);
+                o.u8(14);
                 o.u64(*round);
                 o.res(res);
                 o.u64(lock.0);
@@ -284,17 +296,6 @@ impl Frame {
                 o.u8(*quecvt as u8);
                 o.lvb(lvb);
                 o.u8(*lvb_valid as u8);
-            }
-            Frame::LvbHandoff { round, res, lvb, lvb_valid } => {
-                o.u8(12);
-                o.u64(*round);
-                o.res(res);
-                o.lvb(lvb);
-                o.u8(*lvb_valid as u8);
-            }
-            Frame::RebuildDone { round } => {
-                o.u8(13);
-                o.u64(*round);
             }
         }
     }
@@ -318,8 +319,11 @@ impl Frame {
             7 => Frame::Granted { lock: LockId(i.u64()?), mode: i.mode()?, lvb: i.lvb()?, lvb_valid: i.bool()? },
             8 => Frame::Failed { lock: LockId(i.u64()?), error: i.error()? },
             9 => Frame::Blocking { lock: LockId(i.u64()?), wanted: i.mode()? },
-            10 => Frame::DirEntry { round: i.u64()?, res: i.res()? },
-            11 => Frame::RecoverLock {
+            10 => Frame::Done { round: i.u64()?, step: i.u8()? },
+            11 => Frame::DirEntry { round: i.u64()?, res: i.res()?, master: i.node()? },
+            12 => Frame::RecoverLookup { round: i.u64()?, res: i.res()? },
+            13 => Frame::RecoverLookupReply { round: i.u64()?, res: i.res()?, master: i.node()? },
+            14 => Frame::RecoverLock {
                 round: i.u64()?,
                 res: i.res()?,
                 lock: LockId(i.u64()?),
@@ -329,8 +333,6 @@ impl Frame {
                 lvb: i.lvb()?,
                 lvb_valid: i.bool()?,
             },
-            12 => Frame::LvbHandoff { round: i.u64()?, res: i.res()?, lvb: i.lvb()?, lvb_valid: i.bool()? },
-            13 => Frame::RebuildDone { round: i.u64()? },
             t => return Err(WireError(format!("unknown frame tag {t}"))),
         };
         if !i.0.is_empty() {
@@ -416,7 +418,10 @@ mod tests {
             Frame::Granted { lock: LockId(9), mode: Mode::Pr, lvb: [2; 32], lvb_valid: true },
             Frame::Failed { lock: LockId(9), error: LockError::Deadlock },
             Frame::Blocking { lock: LockId(9), wanted: Mode::Cw },
-            Frame::DirEntry { round: 7, res: res() },
+            Frame::Done { round: 7, step: 3 },
+            Frame::DirEntry { round: 7, res: res(), master: NodeId(3) },
+            Frame::RecoverLookup { round: 7, res: res() },
+            Frame::RecoverLookupReply { round: 7, res: res(), master: NodeId(2) },
             Frame::RecoverLock {
                 round: 7,
                 res: ResName::new(&"s".repeat(32), &[1; 64]).unwrap(),
@@ -427,8 +432,6 @@ mod tests {
                 lvb: [3; 32],
                 lvb_valid: false,
             },
-            Frame::LvbHandoff { round: 7, res: res(), lvb: [4; 32], lvb_valid: true },
-            Frame::RebuildDone { round: 7 },
         ];
         let mut b = Batch::new();
         for f in &frames {
