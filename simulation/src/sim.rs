@@ -240,6 +240,8 @@ impl World {
             max_nodes: config.max_nodes(),
             timing: TIMING,
             cluster_uuid: [7; 16],
+            link_timeout_ms: LINK_TIMEOUT_MS_DEFAULT,
+            cluster_key: [9; CLUSTER_KEY_BYTES],
             now_unix_ms: WALL_EPOCH_MS,
         };
         let setup = Arc::new(Mutex::new(PathFaults::default()));
@@ -590,6 +592,7 @@ impl World {
             incarnation_floor,
             pid: id.0 as u32,
             host: "sim".into(),
+            link_timeout_ms: LINK_TIMEOUT,
         };
         let node = &mut self.nodes[i];
         let now = node.local(self.t);

@@ -32,11 +32,14 @@ fn superblock() -> impl Strategy<Value = Superblock> {
         prop_oneof![Just(512u32), Just(1024), Just(4096)],
         timing(),
         any::<u64>(),
-        0u64..1 << 40,
+        (0u64..1 << 40, any::<[u8; CLUSTER_KEY_BYTES]>(), 0u32..=LINK_TIMEOUT_MS_MAX),
     )
         .prop_map(
-            |(generation, cluster_uuid, cluster_name, max_nodes, slot_bytes, timing, created_unix_ms, extra)| {
+            |(generation, cluster_uuid, cluster_name, max_nodes, slot_bytes, timing, created_unix_ms, more)| {
+                let (extra, cluster_key, link_seed) = more;
                 let disk_bytes = Layout::new(max_nodes, slot_bytes).end() + extra;
+                let least = 2 * timing.heartbeat_ms;
+                let link_timeout_ms = least + link_seed % (LINK_TIMEOUT_MS_MAX - least + 1);
                 Superblock {
                     generation,
                     cluster_uuid,
@@ -45,6 +48,8 @@ fn superblock() -> impl Strategy<Value = Superblock> {
                     slot_bytes,
                     disk_bytes,
                     timing,
+                    link_timeout_ms,
+                    cluster_key,
                     created_unix_ms,
                 }
             },
@@ -71,14 +76,14 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
             Just(HeartbeatState::Down),
             Just(HeartbeatState::Fenced)
         ],
-        0..=heartbeat_flags::ALL,
+        0..=heartbeat_flags::STATE_UNREADABLE,
         any::<(u64, u64, u64, u32)>(),
         (any::<u64>(), any::<u64>(), 1u32..=8),
         any::<(u64, u64, u64, u64)>(),
-        text(HOST_BYTES_MAX),
+        (text(HOST_BYTES_MAX), proptest::option::of(any::<[u8; NodeSet::BYTES]>())),
     )
         .prop_map(
-            |(node, state, flags, (incarnation, counter, claim_epoch, pid), (epoch, seq, units), more, host)| {
+            |(node, state, flags, (incarnation, counter, claim_epoch, pid), (epoch, seq, units), more, (host, reach))| {
                 let (master_seed, request_seq, ack_seq, written_unix_ms) = more;
                 let master_epoch = if claim_epoch == 0 { 0 } else { master_seed % (claim_epoch + 1) };
                 let acted_epoch = master_epoch.max(request_seq % 7);
@@ -103,6 +108,11 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                     written_unix_ms,
                     pid,
                     host: HostName::new(&host),
+                    reaches: reach.map(|b| {
+                        let mut set = NodeSet::from_bytes(&b);
+                        set.remove(node);
+                        set
+                    }),
                 }
             },
         )

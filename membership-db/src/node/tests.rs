@@ -86,6 +86,7 @@ impl Sim {
             incarnation_floor: 0,
             pid: node.0 as u32,
             host: "sim".into(),
+            link_timeout_ms: LINK_TIMEOUT_MS_DEFAULT,
         }
     }
 
