@@ -160,9 +160,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         }
         MemberExit::ForcedOut(refusal) => {
             let why = refusal.map(|r| format!(": {}", refusal_text_named(&r, layer_name(r.order)))).unwrap_or_default();
-            say(&format!(
-                "FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting"
-            ));
+            say(&format!("FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting"));
             Ok(exit::FORCED_OUT)
         }
         MemberExit::JoinRefused(r) => fail(format!("join refused: {}", refusal_text_named(&r, layer_name(r.order)))),

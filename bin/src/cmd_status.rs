@@ -78,7 +78,17 @@ fn render(s: &ClusterStatus) -> String {
     let _ = writeln!(
         out,
         "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} {:<16} {:<21} HOST",
-        "NODE", "NAME", "STATE", "DAEMON", "LIVE", "HEARTBEAT-AGE", "ELIGIBLE", "INCARNATION", "PID", "REACHES", "ADDRESS"
+        "NODE",
+        "NAME",
+        "STATE",
+        "DAEMON",
+        "LIVE",
+        "HEARTBEAT-AGE",
+        "ELIGIBLE",
+        "INCARNATION",
+        "PID",
+        "REACHES",
+        "ADDRESS"
     );
     for n in &s.nodes {
         let age = match n.heartbeat_age_ms {

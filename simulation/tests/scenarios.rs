@@ -347,7 +347,10 @@ fn a_node_cut_off_from_the_interconnect_is_forced_out_and_fences() {
                 w.forced_leave_notifications().iter().filter(|n| n.1 == NodeId(3) && n.2 == incarnation).collect();
             assert!(notes.iter().any(|n| n.4 == 10), "seed {seed}: the DLM recovered node 3: {notes:?}");
             for (t, _, _, notified, order) in notes {
-                assert!(*t >= ended, "seed {seed}: node {notified} notified at order {order} at {t}, node 3 ended at {ended}");
+                assert!(
+                    *t >= ended,
+                    "seed {seed}: node {notified} notified at order {order} at {t}, node 3 ended at {ended}"
+                );
             }
             assert!(joined(&w, &[1, 2]), "nodes 1 and 2 stay joined");
             w.run_for(LINK + 4 * HB)?;

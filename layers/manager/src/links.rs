@@ -48,7 +48,13 @@ impl LinkJudge {
     /// Looks at what the judged nodes publish (`reports`: joined nodes that run an interconnect,
     /// each with the set it reaches; the master's own included when it runs one) and returns
     /// whom to force out, if some pair has been broken for `link_timeout_ms`.
-    pub fn judge(&mut self, now: Millis, master: NodeId, reports: &[(NodeId, NodeSet)], link_timeout_ms: Millis) -> Verdict {
+    pub fn judge(
+        &mut self,
+        now: Millis,
+        master: NodeId,
+        reports: &[(NodeId, NodeSet)],
+        link_timeout_ms: Millis,
+    ) -> Verdict {
         let mut broken: Vec<Pair> = Vec::new();
         for (i, (a, reach_a)) in reports.iter().enumerate() {
             for (b, reach_b) in &reports[i + 1..] {

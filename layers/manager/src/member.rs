@@ -890,8 +890,7 @@ impl MemberCore {
         let unreachable = m.links.judge(now, me, &reports, link_timeout_ms);
         let Phase::Running(p) = &self.phase else { return None };
         let m = p.master.as_ref()?;
-        let inputs =
-            sequencer::Inputs { requests: &m.requests, acks: &m.acks, life: &life, unreachable: &unreachable };
+        let inputs = sequencer::Inputs { requests: &m.requests, acks: &m.acks, life: &life, unreachable: &unreachable };
         let (mut next, events) = sequencer::advance(&current, &inputs);
         let changed = next != current || current.seq == 0;
         let rewrite = m.rewrite;
@@ -924,7 +923,9 @@ impl MemberCore {
             .filter_map(|n| {
                 let m = state.member(n);
                 if n == me {
-                    return (m.incarnation == self.node.incarnation()).then_some(self.node.reachable()?).map(|r| (n, r));
+                    return (m.incarnation == self.node.incarnation())
+                        .then_some(self.node.reachable()?)
+                        .map(|r| (n, r));
                 }
                 let hb = self.node.heartbeat(n)?;
                 let running = self.node.running_incarnation(now, n) == Some(m.incarnation);

@@ -74,15 +74,39 @@ pub struct Inputs<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeqEvent {
     Started(Transition),
-    Advanced { transition: u64, subject: NodeId, kind: TransitionKind, position: Position },
-    Completed { subject: NodeId, kind: TransitionKind, state: MemberState },
-    JoinTurnedIntoLeave { subject: NodeId, at_order: u32 },
-    Refused { subject: NodeId, refusal: JoinRefusal },
-    NackIgnored { transition: u64, node: NodeId },
+    Advanced {
+        transition: u64,
+        subject: NodeId,
+        kind: TransitionKind,
+        position: Position,
+    },
+    Completed {
+        subject: NodeId,
+        kind: TransitionKind,
+        state: MemberState,
+    },
+    JoinTurnedIntoLeave {
+        subject: NodeId,
+        at_order: u32,
+    },
+    Refused {
+        subject: NodeId,
+        refusal: JoinRefusal,
+    },
+    NackIgnored {
+        transition: u64,
+        node: NodeId,
+    },
     /// Forced out: cannot reach `peer` over the interconnect.
-    Unreachable { subject: NodeId, peer: NodeId },
+    Unreachable {
+        subject: NodeId,
+        peer: NodeId,
+    },
     /// A forced leave waits at [`FENCE_WAIT`] until its subject is known stopped.
-    FenceAwaited { subject: NodeId, incarnation: u64 },
+    FenceAwaited {
+        subject: NodeId,
+        incarnation: u64,
+    },
 }
 
 struct Round<'a> {

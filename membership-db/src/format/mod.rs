@@ -19,6 +19,26 @@
 //! The superblock records each region's kind, version, offset and length; they are checked
 //! against this layout when the disk is opened, and a region of a newer version is refused.
 //!
+//! # Version 3 (issue 8: the interconnect)
+//!
+//! Format 3 adds, and a disk of format 2 is refused like one of format 1 (`sdc format
+//! --force` after stopping every node is the way forward):
+//!
+//! * to the [`Superblock`]: `link_timeout_ms` (u32, after the timing; see
+//!   [`validate_link_timeout`]) and the 32-byte `cluster_key` the interconnect authenticates
+//!   peers with, drawn at random by `sdc format`. Only hosts that can read the disk have it;
+//!   `sdc inspect` and `sdc format` show its [`key_fingerprint`] (crc32, 8 hex digits), never
+//!   the key;
+//! * to the [`Heartbeat`]: flag [`heartbeat_flags::INTERCONNECT`] (the node runs an
+//!   interconnect) and, after the host name, the [`NodeSet`] of peers it reaches over it (32
+//!   bytes, all zero without the flag). The master judges links from these (see
+//!   `manager::links`);
+//! * [`RefusalReason::Unreachable`] for a member forced out because it lost its interconnect
+//!   links (`node` names a peer it cannot reach);
+//! * a node's `address` in the node table is its interconnect endpoint, `host[:port]`
+//!   ([`parse_address`]; port [`INTERCONNECT_PORT_DEFAULT`] when left out), checked when the
+//!   entry is written and when it is read.
+//!
 //! # The read path: one read per heartbeat interval
 //!
 //! Everything a running node must see every interval lies in the heartbeat region, which it

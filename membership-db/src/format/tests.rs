@@ -66,11 +66,12 @@ fn address() -> impl Strategy<Value = String> {
     ]
 }
 fn node_entry() -> impl Strategy<Value = (NodeEntry, usize)> {
-    (node(NODES_MAX), any::<(u64, u64)>(), any::<bool>(), any::<bool>(), name(), address(), any::<u64>())
-        .prop_map(|(node, (seq, leave_requests), present, master_eligible, name, address, updated_unix_ms)| {
+    (node(NODES_MAX), any::<(u64, u64)>(), any::<bool>(), any::<bool>(), name(), address(), any::<u64>()).prop_map(
+        |(node, (seq, leave_requests), present, master_eligible, name, address, updated_unix_ms)| {
             let e = NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms, leave_requests };
             (e, (seq % 2) as usize)
-        })
+        },
+    )
 }
 fn config_stamp() -> impl Strategy<Value = ConfigStamp> {
     (any::<[u8; 16]>(), any::<(u64, u64)>()).prop_map(|(cluster_uuid, (table_generation, written_unix_ms))| {
@@ -93,7 +94,15 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         (text(HOST_BYTES_MAX), proptest::option::of(any::<[u8; NodeSet::BYTES]>())),
     )
         .prop_map(
-            |(node, state, flags, (incarnation, counter, claim_epoch, pid), (epoch, seq, units), more, (host, reach))| {
+            |(
+                node,
+                state,
+                flags,
+                (incarnation, counter, claim_epoch, pid),
+                (epoch, seq, units),
+                more,
+                (host, reach),
+            )| {
                 let (master_seed, request_seq, ack_seq, written_unix_ms) = more;
                 let master_epoch = if claim_epoch == 0 { 0 } else { master_seed % (claim_epoch + 1) };
                 let acted_epoch = master_epoch.max(request_seq % 7);

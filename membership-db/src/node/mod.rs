@@ -142,7 +142,9 @@ impl std::fmt::Display for FenceReason {
             FenceReason::Reformatted => {
                 write!(f, "the disk no longer holds this cluster (reformatted, or its superblocks are damaged)")
             }
-            FenceReason::ForcedOut => write!(f, "forced out of the cluster: stopped everything and marked itself fenced"),
+            FenceReason::ForcedOut => {
+                write!(f, "forced out of the cluster: stopped everything and marked itself fenced")
+            }
         }
     }
 }
