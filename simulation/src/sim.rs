@@ -975,7 +975,7 @@ impl World {
     /// it is killed first, when the others wait `dead_ms` for its heartbeat to go still.
     fn mark_fenced(&mut self, i: usize) {
         let id = self.nodes[i].id;
-        if self.nodes[i].lost || (self.config.fault_rate > 0 && self.t % 4 == 0) {
+        if self.nodes[i].lost || (self.config.fault_rate > 0 && self.t.is_multiple_of(4)) {
             self.log(format!("node {id}: forced out, ends without marking its heartbeat fenced"));
             return;
         }

@@ -886,7 +886,7 @@ impl MemberCore {
             .collect();
         let reports = self.link_reports(now, &current);
         let me = self.node.node();
-        let Some(m) = self.master_mut() else { return None };
+        let m = self.master_mut()?;
         let unreachable = m.links.judge(now, me, &reports, link_timeout_ms);
         let Phase::Running(p) = &self.phase else { return None };
         let m = p.master.as_ref()?;
