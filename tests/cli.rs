@@ -228,6 +228,86 @@ fn node_add_duplicates_and_bad_names() {
     assert_error(&out, 1, &["node 3 is not in the node table"]);
 }
 
+/// Issue 8: the address is the interconnect endpoint, host[:port]; a bad one is one clear line.
+#[test]
+fn node_add_checks_the_interconnect_address() {
+    let (_dir, disk) = small_cluster();
+    let d = s(&disk);
+    for bad in ["has space", "10.0.0.300", "10.0.0.1:0", "10.0.0.1:70000", "fe80::1", "[fe80::1", "host:port"] {
+        let out =
+            refused_unchanged(&disk, &["node", "add", "--disk", d, "--node", "3", "--name", "g", "--address", bad]);
+        assert_error(&out, 1, &["address", "host[:port]"]);
+    }
+    for (node, good) in [("3", "gamma.example:7800"), ("4", "[fe80::1]:9")] {
+        assert_ok(&sdc(["node", "add", "--disk", d, "--node", node, "--name", &format!("n{node}"), "--address", good]));
+    }
+    let status = json_of(&sdc(["status", "--disk", d, "--json"]));
+    let n3 = status["nodes"].as_array().unwrap().iter().find(|n| n["node"] == 3).unwrap().clone();
+    assert_eq!(n3["address"], "gamma.example:7800");
+    assert!(n3["reaches"].is_null(), "no daemon, no interconnect: {n3}");
+}
+
+/// Issue 8: format stores a random cluster key and the link timeout; inspect shows the key's
+/// fingerprint only, never the key.
+#[test]
+fn format_stores_a_cluster_key_shown_only_as_a_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    let d = s(&disk);
+    let out = sdc([
+        "format",
+        "--disk",
+        d,
+        "--size",
+        "16MiB",
+        "--cluster",
+        "k",
+        "--max-nodes",
+        "2",
+        "--link-timeout-ms",
+        "150",
+    ]);
+    assert_error(&out, 1, &["link-timeout-ms 150", "two heartbeat intervals"]);
+    let out = sdc([
+        "format",
+        "--disk",
+        d,
+        "--size",
+        "16MiB",
+        "--cluster",
+        "k",
+        "--max-nodes",
+        "2",
+        "--link-timeout-ms",
+        "5000",
+    ]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("link timeout 5000 ms"), "{}", describe(&out));
+    let inspect = json_of(&sdc(["inspect", "--disk", d, "--json"]));
+    let fingerprint = inspect["superblock"]["cluster_key_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 8);
+    assert_eq!(inspect["superblock"]["link_timeout_ms"], 5000);
+    assert!(stdout(&out).contains(&fingerprint));
+    // The key is at a fixed place in the superblock: it appears in no output.
+    let bytes = std::fs::read(&disk).unwrap();
+    let key_hex: String = bytes[KEY_OFFSET..KEY_OFFSET + 32].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(bytes[KEY_OFFSET..KEY_OFFSET + 32].iter().any(|b| *b != 0), "a key was drawn");
+    let text = stdout(&sdc(["inspect", "--disk", d]));
+    let json = stdout(&sdc(["inspect", "--disk", d, "--json"]));
+    for out in [&text, &json] {
+        assert!(!out.contains(&key_hex[..16]), "the key is printed");
+        assert!(out.contains(&fingerprint));
+    }
+    // Another format, another key.
+    assert_ok(&sdc(["format", "--disk", d, "--cluster", "k", "--max-nodes", "2", "--force"]));
+    let again = json_of(&sdc(["inspect", "--disk", d, "--json"]));
+    assert_ne!(again["superblock"]["cluster_key_fingerprint"].as_str().unwrap(), fingerprint);
+}
+
+/// Where the superblock keeps the key: magic 4, version 2, generation 8, uuid 16, name 1 + 64,
+/// max nodes 2, slot 4, disk bytes 8, timing 12, link timeout 4.
+const KEY_OFFSET: usize = 4 + 2 + 8 + 16 + 65 + 2 + 4 + 8 + 12 + 4;
+
 // ---------------------------------------------------------------------------------------------
 // format
 

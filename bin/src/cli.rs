@@ -133,6 +133,12 @@ pub struct FormatArgs {
     /// by one heartbeat plus 100 ms).
     #[arg(long, value_name = "MS", default_value_t = 600)]
     pub fence_ms: u32,
+    /// Two joined nodes that cannot reach each other over the interconnect this long are
+    /// arbitrated by the master, which forces out the nodes outside the largest group it can
+    /// keep. At least two heartbeat intervals, at most 600000; best at or above dead-ms (so a
+    /// dead node is judged dead first, and a short pause costs no membership).
+    #[arg(long, value_name = "MS", default_value_t = membership_db::format::LINK_TIMEOUT_MS_DEFAULT)]
+    pub link_timeout_ms: u32,
     /// Overwrite an existing cluster (refused while any node is live).
     #[arg(long)]
     pub force: bool,
@@ -170,8 +176,9 @@ pub struct NodeAddArgs {
     /// This node never becomes master.
     #[arg(long)]
     pub no_master_eligible: bool,
-    /// Free-text address (host name, IP address), for operators.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    /// The node's interconnect endpoint: host[:port], where host is a host name, an IPv4
+    /// address or an [IPv6] address; port 1 to 65535, 7711 when left out.
+    #[arg(long, value_name = "HOST[:PORT]", default_value = "")]
     pub address: String,
 }
 

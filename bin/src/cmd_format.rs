@@ -10,7 +10,8 @@ use crate::util::admin_lock;
 use crate::{exit, fail, CmdResult, Failure};
 use membership_db::db::{probe, slot_bytes_for, FormatParams, MembershipDb, Probe};
 use membership_db::format::{
-    human_bytes, parse_size, validate_cluster_name, Layout, Timing, BLOCK_BYTES, FORMAT_VERSION, NODES_MAX,
+    human_bytes, parse_size, validate_cluster_name, validate_link_timeout, Layout, Timing, BLOCK_BYTES,
+    CLUSTER_KEY_BYTES, FORMAT_VERSION, NODES_MAX,
 };
 use membership_db::io::open_disk;
 use membership_db::time::unix_ms;
@@ -27,9 +28,19 @@ fn random_uuid() -> Result<[u8; 16], Failure> {
     Ok(b)
 }
 
+/// The cluster key: 32 random bytes the interconnect authenticates peers with.
+fn random_key() -> Result<[u8; CLUSTER_KEY_BYTES], Failure> {
+    let mut b = [0u8; CLUSTER_KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Failure::from(format!("cannot read /dev/urandom for the cluster key: {e}")))?;
+    Ok(b)
+}
+
 pub fn run(a: FormatArgs) -> CmdResult {
     let timing = Timing { heartbeat_ms: a.heartbeat_ms, dead_ms: a.dead_ms, fence_ms: a.fence_ms };
     timing.validate()?;
+    validate_link_timeout(a.link_timeout_ms, &timing)?;
     validate_cluster_name(&a.cluster)?;
     if !(1..=NODES_MAX).contains(&a.max_nodes) {
         return fail(format!("--max-nodes {} is out of range 1 to {NODES_MAX}", a.max_nodes));
@@ -168,13 +179,15 @@ fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: b
         cluster_name: a.cluster.clone(),
         max_nodes: a.max_nodes,
         timing,
+        link_timeout_ms: a.link_timeout_ms,
         cluster_uuid: random_uuid()?,
+        cluster_key: random_key()?,
         now_unix_ms: unix_ms(),
     };
     let db = MembershipDb::format(disk, &params)?;
     let sb = db.superblock();
     println!(
-        "formatted {}: cluster {} (uuid {}), {} node slots of {} bytes, {}; heartbeat {} ms, dead {} ms, fence {} ms; {}",
+        "formatted {}: cluster {} (uuid {}), {} node slots of {} bytes, {}; heartbeat {} ms, dead {} ms, fence {} ms, link timeout {} ms; cluster key fingerprint {}; {}",
         path.display(),
         sb.cluster_name,
         sb.uuid_string(),
@@ -184,6 +197,8 @@ fn format_existing(a: &FormatArgs, timing: Timing, size: Option<u64>, created: b
         timing.heartbeat_ms,
         timing.dead_ms,
         timing.fence_ms,
+        sb.link_timeout_ms,
+        sb.key_fingerprint(),
         described
     );
     if described.starts_with("mmap") {

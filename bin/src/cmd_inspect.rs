@@ -134,6 +134,8 @@ pub fn run(a: ReadArgs) -> CmdResult {
                 "slot_bytes": sb.slot_bytes,
                 "disk_bytes": sb.disk_bytes,
                 "timing": sb.timing,
+                "link_timeout_ms": sb.link_timeout_ms,
+                "cluster_key_fingerprint": sb.key_fingerprint(),
                 "created": utc(sb.created_unix_ms),
             },
             "regions": layout.regions,
@@ -213,9 +215,10 @@ fn print_text(
     );
     println!("  {} node slots of {} bytes; formatted size {} bytes", sb.max_nodes, sb.slot_bytes, sb.disk_bytes);
     println!(
-        "  timing: heartbeat {} ms, dead {} ms, fence {} ms",
-        sb.timing.heartbeat_ms, sb.timing.dead_ms, sb.timing.fence_ms
+        "  timing: heartbeat {} ms, dead {} ms, fence {} ms, link timeout {} ms",
+        sb.timing.heartbeat_ms, sb.timing.dead_ms, sb.timing.fence_ms, sb.link_timeout_ms
     );
+    println!("  cluster key fingerprint {} (crc32 of the key; the key itself is never shown)", sb.key_fingerprint());
     println!("\nregions");
     for r in layout.regions {
         println!("  {:<22} @{:<10} {:>10} bytes ({})", r.kind.name(), r.offset, r.len, human_bytes(r.len));

@@ -105,6 +105,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         incarnation_floor,
         pid: std::process::id(),
         host: HostName::new(&host_name()),
+        link_timeout_ms: sb.link_timeout_ms,
     };
     let prefix = format!("sdc[{} node {node} {}]", sb.cluster_name, entry.name);
     let say = |what: &str| log_line(&format!("{} {prefix} {what}", utc(unix_ms())));
@@ -155,9 +156,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
         }
         MemberExit::ForcedOut(refusal) => {
             let why = refusal.map(|r| format!(": {}", refusal_text_named(&r, layer_name(r.order)))).unwrap_or_default();
-            say(&format!(
-                "FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting without writing"
-            ));
+            say(&format!("FORCED OUT of the cluster by the other nodes{why}; stopped everything it launched, exiting"));
             Ok(exit::FORCED_OUT)
         }
         MemberExit::JoinRefused(r) => fail(format!("join refused: {}", refusal_text_named(&r, layer_name(r.order)))),

@@ -3,8 +3,9 @@
 use crate::cli::StatusArgs;
 use crate::util::{open_db, print_json, snapshot};
 use crate::{exit, CmdResult, Failure};
-use membership_db::format::HeartbeatState;
-use membership_db::status::ClusterStatus;
+use manager::member::refusal_text;
+use membership_db::format::{HeartbeatState, NodeSet, RefusalReason};
+use membership_db::status::{ClusterStatus, NodeStatus};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -48,6 +49,20 @@ pub fn read_status(db: &membership_db::db::MembershipDb) -> Result<ClusterStatus
     Ok(again)
 }
 
+/// What a node reaches over the interconnect: `all` (every other node shown that runs one),
+/// the peer ids, `none`, or `-` when it runs no interconnect (or no daemon).
+fn reaches_text(s: &ClusterStatus, n: &NodeStatus) -> String {
+    let Some(reaches) = n.reaches else { return "-".into() };
+    let others: NodeSet = s.nodes.iter().filter(|o| o.node != n.node && o.reaches.is_some()).map(|o| o.node).collect();
+    if reaches.is_empty() {
+        "none".into()
+    } else if !others.is_empty() && others.difference(&reaches).is_empty() {
+        "all".into()
+    } else {
+        reaches.ranges_text().replace(' ', "")
+    }
+}
+
 fn render(s: &ClusterStatus) -> String {
     let mut out = String::new();
     let master = match s.master {
@@ -62,8 +77,18 @@ fn render(s: &ClusterStatus) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} HOST",
-        "NODE", "NAME", "STATE", "DAEMON", "LIVE", "HEARTBEAT-AGE", "ELIGIBLE", "INCARNATION", "PID"
+        "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} {:<16} {:<21} HOST",
+        "NODE",
+        "NAME",
+        "STATE",
+        "DAEMON",
+        "LIVE",
+        "HEARTBEAT-AGE",
+        "ELIGIBLE",
+        "INCARNATION",
+        "PID",
+        "REACHES",
+        "ADDRESS"
     );
     for n in &s.nodes {
         let age = match n.heartbeat_age_ms {
@@ -80,7 +105,7 @@ fn render(s: &ClusterStatus) -> String {
         let state = n.state.map_or("unknown", |s| s.name());
         let _ = writeln!(
             out,
-            "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} {}",
+            "{:<5} {:<16} {:<15} {:<7} {:<5} {:>13} {:<8} {:<12} {:<8} {:<16} {:<21} {}",
             n.node.0,
             n.name,
             state,
@@ -90,8 +115,19 @@ fn render(s: &ClusterStatus) -> String {
             if n.master_eligible { "yes" } else { "no" },
             n.incarnation.map_or("-".into(), |i| i.to_string()),
             n.pid.map_or("-".into(), |p| p.to_string()),
+            reaches_text(s, n),
+            if n.address.is_empty() { "-" } else { &n.address },
             n.host.as_deref().unwrap_or("-"),
         );
+    }
+    for n in &s.nodes {
+        if let Some(r) = n.refusal.filter(|r| r.incarnation == n.incarnation.unwrap_or(r.incarnation)) {
+            let what = match r.reason {
+                RefusalReason::Nacked | RefusalReason::Unreachable => "forced out",
+                _ => "join refused",
+            };
+            let _ = writeln!(out, "node {} {what} (incarnation {}): {}", n.node, r.incarnation, refusal_text(&r));
+        }
     }
     let _ = writeln!(out);
     if s.transitions.is_empty() {

@@ -34,7 +34,11 @@ pub struct FormatParams {
     pub cluster_name: String,
     pub max_nodes: u16,
     pub timing: Timing,
+    /// See [`Superblock::link_timeout_ms`]; checked by [`validate_link_timeout`].
+    pub link_timeout_ms: u32,
     pub cluster_uuid: [u8; 16],
+    /// Drawn at random by `sdc format` (fixed in tests and the simulator).
+    pub cluster_key: [u8; CLUSTER_KEY_BYTES],
     pub now_unix_ms: u64,
 }
 
@@ -151,6 +155,7 @@ impl MembershipDb {
     pub fn format(disk: Box<dyn Disk>, params: &FormatParams) -> Result<MembershipDb, DbError> {
         validate_cluster_name(&params.cluster_name).map_err(DbError::InvalidArgument)?;
         params.timing.validate().map_err(DbError::InvalidArgument)?;
+        validate_link_timeout(params.link_timeout_ms, &params.timing).map_err(DbError::InvalidArgument)?;
         if !(1..=NODES_MAX).contains(&params.max_nodes) {
             return Err(DbError::InvalidArgument(format!(
                 "max nodes {} out of range 1 to {NODES_MAX}",
@@ -176,6 +181,8 @@ impl MembershipDb {
             slot_bytes,
             disk_bytes: disk.len_bytes(),
             timing: params.timing,
+            link_timeout_ms: params.link_timeout_ms,
+            cluster_key: params.cluster_key,
             created_unix_ms: params.now_unix_ms,
         };
         disk.write_at(0, &vec![0u8; 2 * BLOCK_BYTES as usize])?;
@@ -596,6 +603,8 @@ mod tests {
             max_nodes: 4,
             timing: Timing::default(),
             cluster_uuid: [7; 16],
+            link_timeout_ms: LINK_TIMEOUT_MS_DEFAULT,
+            cluster_key: [9; CLUSTER_KEY_BYTES],
             now_unix_ms: 1,
         }
     }

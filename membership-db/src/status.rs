@@ -44,6 +44,11 @@ pub struct NodeStatus {
     pub incarnation: Option<u64>,
     pub host: Option<String>,
     pub pid: Option<u32>,
+    /// The peers this node's running daemon reaches over the interconnect, or `None` when it
+    /// runs none (or is not running).
+    pub reaches: Option<NodeSet>,
+    /// Why the cluster forced this node out (or refused its join), for its current incarnation.
+    pub refusal: Option<JoinRefusal>,
 }
 
 /// Something the reader must be told: a damaged record (with its offset), a fallback to an
@@ -240,6 +245,8 @@ impl ClusterStatus {
                 incarnation: ran.map(|h| h.incarnation),
                 host: ran.map(|h| h.host.to_string()),
                 pid: ran.map(|h| h.pid),
+                reaches: hb.filter(|h| h.state == HeartbeatState::Up && live(node)).and_then(|h| h.reaches),
+                refusal: state.as_ref().and_then(|c| c.member(node).refusal),
             });
         }
 

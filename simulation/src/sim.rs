@@ -26,6 +26,8 @@ pub const TIMING: Timing = Timing { heartbeat_ms: 100, dead_ms: 1000, fence_ms: 
 /// Clock rates differ from true time by at most this (parts per million): 1%. The timing rule
 /// keeps its margin: fence 600 ms runs at most 606 ms, dead 1000 ms at least 990 ms.
 pub const DRIFT_PPM_MAX: i64 = 10_000;
+/// The link timeout of the simulated cluster: the default of `sdc format`.
+pub const LINK_TIMEOUT: u32 = LINK_TIMEOUT_MS_DEFAULT;
 /// Slow I/O takes at most this long: less than the fence margin's allowance for one late I/O.
 pub const SLOW_IO_MS_MAX: Millis = 50;
 /// Trace lines kept for a violation report.
@@ -176,6 +178,8 @@ struct SimNode {
     exits: Vec<MemberExit>,
     /// The incarnation the current daemon runs as, once it took its slot.
     ran_incarnation: Option<u64>,
+    /// What its interconnect reaches, as scripted (`None`: it runs none).
+    reach: Option<NodeSet>,
 }
 
 impl SimNode {
@@ -214,6 +218,10 @@ pub struct World {
     states_lost: bool,
     /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
     echo: bool,
+    /// When each daemon (node, incarnation) ended, and every notification of a forced leave at
+    /// a layer: (time, subject, subject incarnation, notified node, order).
+    ended_at: BTreeMap<(u16, u64), Millis>,
+    forced_leave_notes: Vec<(Millis, NodeId, u64, NodeId, u32)>,
 }
 
 type Check = Result<(), (&'static str, String)>;
@@ -240,6 +248,8 @@ impl World {
             max_nodes: config.max_nodes(),
             timing: TIMING,
             cluster_uuid: [7; 16],
+            link_timeout_ms: LINK_TIMEOUT_MS_DEFAULT,
+            cluster_key: [9; CLUSTER_KEY_BYTES],
             now_unix_ms: WALL_EPOCH_MS,
         };
         let setup = Arc::new(Mutex::new(PathFaults::default()));
@@ -284,6 +294,7 @@ impl World {
                     writes: 0,
                     exits: Vec::new(),
                     ran_incarnation: None,
+                    reach: None,
                 }
             })
             .collect();
@@ -308,6 +319,8 @@ impl World {
             newest_state_written: (0, 0),
             states_lost: false,
             echo: std::env::var_os("SIM_TRACE").is_some(),
+            ended_at: BTreeMap::new(),
+            forced_leave_notes: Vec::new(),
         };
         for i in 0..w.nodes.len() {
             w.start_index(i);
@@ -393,6 +406,24 @@ impl World {
     }
 
     /// Damages both copies of a node's claim block (random bytes).
+    /// Scripts what `node`'s interconnect reaches (`None`: it runs none); its daemon publishes
+    /// it from the next step on, as the daemon's transport would report it.
+    pub fn set_reachable(&mut self, node: NodeId, reach: Option<NodeSet>) {
+        self.nodes[node.index()].reach = reach;
+        self.log(format!("node {node}: interconnect reaches {reach:?}"));
+    }
+
+    /// Every notification of a forced leave at a layer so far: (time, subject, subject
+    /// incarnation, notified node, order).
+    pub fn forced_leave_notifications(&self) -> &[(Millis, NodeId, u64, NodeId, u32)] {
+        &self.forced_leave_notes
+    }
+
+    /// When the daemon `incarnation` of `node` ended (exited, fenced, or was killed).
+    pub fn ended_at(&self, node: NodeId, incarnation: u64) -> Option<Millis> {
+        self.ended_at.get(&(node.0, incarnation)).copied()
+    }
+
     pub fn damage_claim_block(&mut self, node: NodeId) {
         for copy in 0..2 {
             let off = self.layout.claim_offset(node, copy);
@@ -590,6 +621,7 @@ impl World {
             incarnation_floor,
             pid: id.0 as u32,
             host: "sim".into(),
+            link_timeout_ms: LINK_TIMEOUT,
         };
         let node = &mut self.nodes[i];
         let now = node.local(self.t);
@@ -882,6 +914,8 @@ impl World {
             self.answered.entry(note.key()).or_default().insert(id.0);
             self.nodes[i].core.as_mut().expect("running").handle_reply(note.key(), false);
         }
+        let reach = self.nodes[i].reach;
+        self.nodes[i].core.as_mut().expect("running").set_reachable(local, reach);
         // An I/O in flight: complete it when due; a lost disk never completes, and the fence
         // watchdog thread ends the process at the deadline.
         if let Some((at, _)) = &self.nodes[i].pending {
@@ -928,9 +962,27 @@ impl World {
             self.complete(i, action)?;
         }
         if let Some(exit) = self.nodes[i].core.as_ref().and_then(|c| c.exit().cloned()) {
+            if matches!(exit, MemberExit::ForcedOut(_)) {
+                self.mark_fenced(i);
+            }
             self.end_node(i, exit, "exited");
         }
         Ok(())
+    }
+
+    /// A node forced out has stopped its subsystems (its inbox is dropped with it): it marks
+    /// its heartbeat fenced, as the daemon does, unless (with random faults, one time in four)
+    /// it is killed first, when the others wait `dead_ms` for its heartbeat to go still.
+    fn mark_fenced(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        if self.nodes[i].lost || (self.config.fault_rate > 0 && self.t.is_multiple_of(4)) {
+            self.log(format!("node {id}: forced out, ends without marking its heartbeat fenced"));
+            return;
+        }
+        let local = self.nodes[i].local(self.t);
+        let Some(action) = self.nodes[i].core.as_mut().and_then(|c| c.mark_fenced(local)) else { return };
+        let r = perform_member(&self.nodes[i].db, action, self.wall());
+        self.log(format!("node {id}: forced out; marked its heartbeat fenced: {r:?}"));
     }
 
     fn end_node(&mut self, i: usize, exit: MemberExit, how: &str) {
@@ -939,6 +991,9 @@ impl World {
         // incarnation number was never used, and the next daemon may take it).
         self.nodes[i].core = None;
         let ran = self.nodes[i].ran_incarnation.take();
+        if let Some(incarnation) = ran {
+            self.ended_at.insert((id.0, incarnation), self.t);
+        }
         self.nodes[i].inbox.clear();
         self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: {how}: {exit:?}"));
@@ -1134,6 +1189,28 @@ impl World {
     /// (or was dropped from the transition by being forced out or leaving).
     fn check_notification(&mut self, i: usize, n: &Notification) -> Check {
         let node = self.nodes[i].id;
+        if n.kind == TransitionKind::ForcedLeave {
+            self.forced_leave_notes.push((self.t, n.subject, n.subject_incarnation, node, n.position.order));
+            // Recovery waits for the fence: the subject's daemon must be unable to act (ended,
+            // or its lease lapsed so that it fences before its next write).
+            if let Some(subject) = self.nodes.get(n.subject.index()) {
+                let local = subject.local(self.t);
+                let acting = subject.core.as_ref().is_some_and(|c| {
+                    c.exit().is_none()
+                        && c.node().incarnation() == n.subject_incarnation
+                        && c.fence_deadline().is_some_and(|d| local < d)
+                });
+                if acting {
+                    return fail(
+                        "fence-before-recovery",
+                        format!(
+                            "node {node} notified of the forced leave of node {} at {:?} while that daemon (incarnation {}) may still act",
+                            n.subject, n.position, n.subject_incarnation
+                        ),
+                    );
+                }
+            }
+        }
         let Some(state) = self.nodes[i].core.as_ref().and_then(|c| c.cluster_state().cloned()) else { return Ok(()) };
         let transition = state.transitions.iter().find(|t| t.id == n.transition);
         let upper = transition.and_then(|t| t.upper);

@@ -298,3 +298,90 @@ fn a_daemon_killed_during_its_sdc_leave_leaves_when_restarted() {
         })());
     }
 }
+
+const LINK: Millis = simulation::sim::LINK_TIMEOUT as Millis;
+
+fn set(ids: &[u16]) -> NodeSet {
+    ids.iter().map(|i| NodeId(*i)).collect()
+}
+
+/// Three joined nodes, each running an interconnect that reaches the other two.
+fn interconnected(seed: u64) -> Result<World, Violation> {
+    let mut w = started(3, seed)?;
+    for (n, peers) in [(1, [2, 3]), (2, [1, 3]), (3, [1, 2])] {
+        w.set_reachable(NodeId(n), Some(set(&peers)));
+    }
+    w.run_for(4 * HB)?;
+    Ok(w)
+}
+
+/// Issue 8: the disk arbitrates a broken interconnect. Node 3's links are cut (nodes 1 and 2
+/// stop listing it, it lists nobody): within the link timeout and a few intervals the master
+/// forces it out, it marks its heartbeat fenced, and nodes 1 and 2 stay joined. No survivor is
+/// notified of its forced leave at any layer before its daemon ended (the simulator checks
+/// that after every action too: `fence-before-recovery`).
+#[test]
+fn a_node_cut_off_from_the_interconnect_is_forced_out_and_fences() {
+    for seed in [11, 12, 13] {
+        check((|| {
+            let mut w = interconnected(seed)?;
+            let incarnation = w.incarnation(NodeId(3));
+            let cut_at = w.now();
+            w.set_reachable(NodeId(1), Some(set(&[2])));
+            w.set_reachable(NodeId(2), Some(set(&[1])));
+            w.set_reachable(NodeId(3), Some(NodeSet::EMPTY));
+            // Not before the link timeout.
+            w.run_until(LINK - 2 * HB, "the link timeout nearly over", |w| w.now() >= cut_at + LINK - 2 * HB)?;
+            assert!(w.is_running(NodeId(3)), "seed {seed}: forced out before the link timeout");
+            assert_eq!(w.member(NodeId(3)).state, MemberState::Joined);
+            w.run_until(4 * HB + 2 * HB, "node 3 forced out", |w| !w.is_running(NodeId(3)))?;
+            assert!(matches!(w.exits(NodeId(3)), [MemberExit::ForcedOut(Some(_))]), "{:?}", w.exits(NodeId(3)));
+            assert_eq!(w.heartbeat(NodeId(3)).map(|h| h.state), Some(HeartbeatState::Fenced));
+            let refusal = w.member(NodeId(3)).refusal.expect("the reason is recorded");
+            assert_eq!(refusal.reason, membership_db::format::RefusalReason::Unreachable);
+            // Well within dead-ms of its end: the fenced heartbeat, not its silence, let the
+            // survivors recover.
+            w.run_until(DEAD, "node 3 inactive", |w| w.member(NodeId(3)).state == MemberState::Inactive)?;
+            let ended = w.ended_at(NodeId(3), incarnation).expect("ended");
+            let notes: Vec<_> =
+                w.forced_leave_notifications().iter().filter(|n| n.1 == NodeId(3) && n.2 == incarnation).collect();
+            assert!(notes.iter().any(|n| n.4 == 10), "seed {seed}: the DLM recovered node 3: {notes:?}");
+            for (t, _, _, notified, order) in notes {
+                assert!(
+                    *t >= ended,
+                    "seed {seed}: node {notified} notified at order {order} at {t}, node 3 ended at {ended}"
+                );
+            }
+            assert!(joined(&w, &[1, 2]), "nodes 1 and 2 stay joined");
+            w.run_for(LINK + 4 * HB)?;
+            assert!(joined(&w, &[1, 2]) && w.is_running(NodeId(1)) && w.is_running(NodeId(2)));
+            Ok(())
+        })());
+    }
+}
+
+/// A link that heals before the link timeout forces nobody out; nor does a node that runs no
+/// interconnect, whoever fails to list it.
+#[test]
+fn a_link_healed_before_the_timeout_forces_nobody_out() {
+    check((|| {
+        let mut w = interconnected(21)?;
+        w.set_reachable(NodeId(1), Some(set(&[2])));
+        w.set_reachable(NodeId(3), Some(set(&[2])));
+        w.run_for(LINK - 4 * HB)?;
+        w.set_reachable(NodeId(1), Some(set(&[2, 3])));
+        w.set_reachable(NodeId(3), Some(set(&[1, 2])));
+        w.run_for(2 * LINK)?;
+        assert!(w.all_joined_and_quiet());
+        // Node 3 stops running an interconnect: never judged by its links.
+        w.set_reachable(NodeId(3), None);
+        w.set_reachable(NodeId(1), Some(set(&[2])));
+        w.set_reachable(NodeId(2), Some(set(&[1])));
+        w.run_for(2 * LINK)?;
+        assert!(w.all_joined_and_quiet());
+        for n in 1..=3 {
+            assert!(w.exits(NodeId(n)).is_empty(), "node {n}: {:?}", w.exits(NodeId(n)));
+        }
+        Ok(())
+    })());
+}

@@ -169,7 +169,7 @@ proptest! {
         let Ok(Some(state)) = ClusterState::decode(&state.encode(), 0, state.copy(), N) else { return Ok(()) };
         let state = damaged(&state, &changes);
         let life: Vec<NodeLife> = life.into_iter().map(|(running, stopped)| NodeLife { running, stopped }).collect();
-        let inputs = Inputs { requests: &requests, acks: &acks, life: &life };
+        let inputs = Inputs { requests: &requests, acks: &acks, life: &life, unreachable: &[] };
         let (next, _events) = advance(&state, &inputs);
         // What the master would write next is a valid record.
         let written = ClusterState { seq: state.seq + 1, ..next };

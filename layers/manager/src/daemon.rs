@@ -137,15 +137,33 @@ pub fn run(
         while let Some(e) = core.poll_event() {
             log(&e);
         }
-        if let Some(exit) = core.exit() {
+        if let Some(exit) = core.exit().cloned() {
+            if matches!(exit, MemberExit::ForcedOut(_)) {
+                mark_fenced(db, &mut core, &watchdog, log);
+            }
             watchdog.publish(None);
-            return Ok(exit.clone());
+            return Ok(exit);
         }
         watchdog.publish(core.fence_deadline());
         let now = monotonic_ms();
         let wait = core.next_deadline().saturating_sub(now).clamp(1, POLL_SLEEP_MS_MAX);
         std::thread::sleep(Duration::from_millis(wait));
     }
+}
+
+/// A node forced out while alive: the notifications stop here (nothing more is delivered to
+/// its subsystems, and the process ends when this returns), so it has stopped everything it
+/// runs; its heartbeat is marked fenced, once, so that the survivors need not wait `dead_ms`
+/// to recover what it held. While the write is in flight the watchdog still holds the fence
+/// deadline: a write that hangs past it ends the process as a fence.
+fn mark_fenced(db: &MembershipDb, core: &mut MemberCore, watchdog: &FenceWatchdog, log: &mut dyn FnMut(&MemberEvent)) {
+    watchdog.publish(core.node().fence_deadline());
+    let Some(action) = core.mark_fenced(monotonic_ms()) else { return };
+    let result = match perform_member(db, action, unix_ms()) {
+        Completion::Node(membership_db::node::Completion::Written(r)) => r.map_err(|e| e.0),
+        other => Err(format!("unexpected completion {other:?}")),
+    };
+    log(&MemberEvent::MarkedFenced(result));
 }
 
 #[cfg(test)]
@@ -223,6 +241,8 @@ mod tests {
             max_nodes: 2,
             timing: TIMING,
             cluster_uuid: [1; 16],
+            link_timeout_ms: membership_db::format::LINK_TIMEOUT_MS_DEFAULT,
+            cluster_key: [9; membership_db::format::CLUSTER_KEY_BYTES],
             now_unix_ms: 0,
         };
         MembershipDb::format(open_disk(path, IoMode::Mmap, true).unwrap(), &params).unwrap().layout().clone()
@@ -242,6 +262,7 @@ mod tests {
             incarnation_floor: 0,
             pid: std::process::id(),
             host: "test".into(),
+            link_timeout_ms: membership_db::format::LINK_TIMEOUT_MS_DEFAULT,
         }
     }
     const TIMING: Timing = Timing { heartbeat_ms: 50, dead_ms: 600, fence_ms: 300 };

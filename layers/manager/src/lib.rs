@@ -9,6 +9,8 @@
 //!   the next cluster state.
 //! * [`participant`]: a node's side: notifications to local subsystems, acknowledgements, its
 //!   own request, and what the cluster says of it.
+//! * [`links`]: the master's arbitration of a broken interconnect (who stays, who is forced
+//!   out), from the reachability each node publishes in its heartbeat.
 //! * [`api`]: how subsystems register ([`api::Registry::register`]) and answer
 //!   ([`api::Subsystem::ack`], [`api::Subsystem::nack`]).
 //!
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod links;
 pub mod member;
 pub mod participant;
 pub mod sequencer;

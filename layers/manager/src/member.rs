@@ -25,6 +25,7 @@
 //! barrier takes a fraction of an interval; an idle node does one write and one read per
 //! interval.
 
+use crate::links::LinkJudge;
 use crate::participant::{Notification, Participant, SelfState};
 use crate::sequencer::{self, NodeLife, SeqEvent};
 use membership_db::error::CorruptRecord;
@@ -76,8 +77,9 @@ pub enum MemberExit {
     /// As the node core ended: stopped after a completed leave (or with nothing to leave),
     /// refused, or fenced.
     Node(Exit),
-    /// The others forced this node out (it was judged dead, or a subsystem nacked its join):
-    /// stop everything, write nothing more.
+    /// The others forced this node out (it was judged dead, a subsystem nacked its join, or it
+    /// lost its interconnect links): stop everything, then write one heartbeat marked fenced
+    /// ([`MemberCore::mark_fenced`]) and nothing more.
     ForcedOut(Option<JoinRefusal>),
     /// The join was refused before it started (layer registrations disagree).
     JoinRefused(JoinRefusal),
@@ -112,6 +114,8 @@ pub enum MemberEvent {
     },
     IoFailed(String),
     Corrupt(CorruptRecord),
+    /// Forced out, this node wrote its heartbeat marked fenced (or could not).
+    MarkedFenced(Result<(), String>),
 }
 
 /// Events queued before the oldest are dropped.
@@ -200,6 +204,8 @@ struct MasterRole {
     /// An input of the sequencer changed (a look at the heartbeats, a record read or written,
     /// a failed write to retry): run it at the next chance.
     dirty: bool,
+    /// Since when each pair of joined nodes has been unable to talk over the interconnect.
+    links: LinkJudge,
 }
 
 /// The membership manager of a running node.
@@ -352,6 +358,24 @@ impl MemberCore {
             Phase::Starting => self.node.request_stop(),
             Phase::Done(_) => {}
         }
+    }
+
+    /// The peers this node reaches over the interconnect, as the driver's transport says, or
+    /// `None` when it runs none (it is then never judged by its links). Published in the next
+    /// heartbeat (see [`NodeCore::set_reachable`]).
+    pub fn set_reachable(&mut self, now: Millis, reachable: Option<NodeSet>) {
+        self.node.set_reachable(now, reachable);
+    }
+
+    /// After [`MemberExit::ForcedOut`], once the driver has stopped everything this node ran:
+    /// the heartbeat write that marks it fenced, so the survivors may recover at once (see
+    /// [`NodeCore::mark_fenced`]). `None` when its lease has lapsed or it was already written.
+    /// The driver performs it and hands nothing back.
+    pub fn mark_fenced(&mut self, now: Millis) -> Option<Action> {
+        if !matches!(self.exit(), Some(MemberExit::ForcedOut(_))) {
+            return None;
+        }
+        self.node.mark_fenced(now).map(Action::Node)
     }
 
     /// A local subsystem answered a notification.
@@ -763,6 +787,7 @@ impl MemberCore {
                 rewritten_at: None,
                 rewrite: false,
                 dirty: true,
+                links: LinkJudge::new(),
             });
             p.queue.clear();
             p.queue.push_back((Action::ReadAllClusterStates, Pending::AllStates));
@@ -844,6 +869,7 @@ impl MemberCore {
     /// The master runs the sequencer once its reads are done, and writes a changed state.
     fn sequence(&mut self, now: Millis) -> Option<Action> {
         let max_nodes = self.node.config().max_nodes;
+        let link_timeout_ms = self.node.config().link_timeout_ms as Millis;
         let acting = self.node.master_epoch();
         let Phase::Running(p) = &self.phase else { return None };
         let m = p.master.as_ref()?;
@@ -858,7 +884,13 @@ impl MemberCore {
                 stopped: self.node.stopped_incarnation(now, n),
             })
             .collect();
-        let inputs = sequencer::Inputs { requests: &m.requests, acks: &m.acks, life: &life };
+        let reports = self.link_reports(now, &current);
+        let me = self.node.node();
+        let m = self.master_mut()?;
+        let unreachable = m.links.judge(now, me, &reports, link_timeout_ms);
+        let Phase::Running(p) = &self.phase else { return None };
+        let m = p.master.as_ref()?;
+        let inputs = sequencer::Inputs { requests: &m.requests, acks: &m.acks, life: &life, unreachable: &unreachable };
         let (mut next, events) = sequencer::advance(&current, &inputs);
         let changed = next != current || current.seq == 0;
         let rewrite = m.rewrite;
@@ -878,6 +910,28 @@ impl MemberCore {
         }
         self.pending = Some(Pending::WriteState(next.clone()));
         Some(Action::WriteClusterState(next))
+    }
+
+    /// What the joined nodes that run an interconnect publish of it, for the master's link
+    /// judge: each node's running incarnation's heartbeat (this node's own set as it stands).
+    /// Only Joined members are judged: a node joining or leaving may not have its links yet,
+    /// or any more.
+    fn link_reports(&self, now: Millis, state: &ClusterState) -> Vec<(NodeId, NodeSet)> {
+        let me = self.node.node();
+        NodeId::all(state.max_nodes())
+            .filter(|n| state.member(*n).state == MemberState::Joined)
+            .filter_map(|n| {
+                let m = state.member(n);
+                if n == me {
+                    return (m.incarnation == self.node.incarnation())
+                        .then_some(self.node.reachable()?)
+                        .map(|r| (n, r));
+                }
+                let hb = self.node.heartbeat(n)?;
+                let running = self.node.running_incarnation(now, n) == Some(m.incarnation);
+                (running && hb.incarnation == m.incarnation).then_some(hb.reaches?).map(|r| (n, r))
+            })
+            .collect()
     }
 
     /// Writes our own request and acknowledgements when they changed (after a back-off when a
@@ -1056,6 +1110,7 @@ pub fn refusal_text_named(r: &JoinRefusal, name: Option<&str>) -> String {
         ),
         RefusalReason::Nacked => format!("{layer} on node {} refused (nacked) the join", r.node),
         RefusalReason::InvalidLayers => "this node's layer registrations are invalid or exceed the cluster's layer table".into(),
+        RefusalReason::Unreachable => format!("cannot reach node {} over the interconnect", r.node),
     }
 }
 
@@ -1094,6 +1149,14 @@ impl std::fmt::Display for MemberEvent {
                 SeqEvent::NackIgnored { transition, node } => {
                     write!(f, "master: node {node} nacked forced leave {transition}; a forced leave cannot be refused")
                 }
+                SeqEvent::Unreachable { subject, peer } => write!(
+                    f,
+                    "master: forcing node {subject} out: it cannot reach node {peer} over the interconnect (link timeout)"
+                ),
+                SeqEvent::FenceAwaited { subject, incarnation } => write!(
+                    f,
+                    "master: the forced leave of node {subject} (incarnation {incarnation}) waits until it is known stopped (fenced, or still for dead-ms) before any layer recovers"
+                ),
             },
             MemberEvent::SelfState(s) => match s {
                 SelfState::Waiting => write!(f, "waiting to join"),
@@ -1124,6 +1187,12 @@ impl std::fmt::Display for MemberEvent {
             MemberEvent::LeaveRequested { by_operator: false } => write!(f, "leave requested (signal)"),
             MemberEvent::IoFailed(e) => write!(f, "{e}"),
             MemberEvent::Corrupt(c) => write!(f, "{c}; not used"),
+            MemberEvent::MarkedFenced(Ok(())) => {
+                write!(f, "marked this node's heartbeat fenced: the others may recover what it held at once")
+            }
+            MemberEvent::MarkedFenced(Err(e)) => {
+                write!(f, "could not mark this node's heartbeat fenced ({e}); the others wait dead-ms before recovering")
+            }
         }
     }
 }

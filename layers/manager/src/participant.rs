@@ -324,7 +324,10 @@ impl Participant {
     pub fn self_state(&mut self, state: &ClusterState) -> SelfState {
         let m = state.member(self.me);
         let refusal = m.refusal.filter(|r| r.incarnation == self.incarnation);
-        if let Some(r) = refusal.filter(|r| r.reason != RefusalReason::Nacked) {
+        // A nack or a broken interconnect forces a member out; the other reasons refuse a join
+        // before it starts.
+        let forced = |r: &JoinRefusal| matches!(r.reason, RefusalReason::Nacked | RefusalReason::Unreachable);
+        if let Some(r) = refusal.filter(|r| !forced(r)) {
             return SelfState::Refused(r); // refused before the join started
         }
         if m.incarnation != self.incarnation {

@@ -29,6 +29,8 @@ struct Cluster {
     requests: Vec<Option<NodeRequest>>,
     acks: Vec<Option<AckRecord>>,
     life: Vec<NodeLife>,
+    /// What the master's link judge decided (forced out for the interconnect, with a peer).
+    unreachable: Vec<(NodeId, NodeId)>,
     nodes: Vec<Option<TestNode>>,
     incarnations: Vec<u64>,
     /// Every delivered notification: (node, layer, kind, subject, barrier), in delivery order.
@@ -60,6 +62,7 @@ impl Cluster {
             requests: NodeId::all(n).map(|id| Some(NodeRequest::initial(id, 1))).collect(),
             acks: NodeId::all(n).map(|id| Some(AckRecord::initial(id, 1))).collect(),
             life: vec![NodeLife::default(); n as usize],
+            unreachable: Vec::new(),
             nodes: (0..n).map(|_| None).collect(),
             incarnations: vec![0; n as usize],
             log: Vec::new(),
@@ -95,7 +98,8 @@ impl Cluster {
 
     fn round(&mut self) {
         self.rounds += 1;
-        let inputs = Inputs { requests: &self.requests, acks: &self.acks, life: &self.life };
+        let inputs =
+            Inputs { requests: &self.requests, acks: &self.acks, life: &self.life, unreachable: &self.unreachable };
         let (next, _events) = advance(&self.state, &inputs);
         self.state = next;
         for i in 0..self.nodes.len() {
@@ -351,6 +355,58 @@ fn nacked_join_is_aborted_by_a_forced_leave() {
     c.until("node 2 inactive", |c| c.member(2) == MemberState::Inactive);
     let forced: Vec<String> = c.log_of(1).into_iter().filter(|s| s.contains("forced-leave n2")).collect();
     assert_eq!(forced, strings(&["dlm forced-leave n2 b0", "vdm forced-leave n2 b0"]));
+}
+
+/// Regression (issue 8): the survivors began recovering a nacked node's resources (the DLM's
+/// forced-leave barrier) while that node still ran, before it had fenced. The forced leave now
+/// waits at the membership manager's own position until the node is known stopped.
+#[test]
+fn recovery_began_while_the_nacked_node_still_ran() {
+    let mut c = Cluster::new(2);
+    c.start(1, standard());
+    c.until("node 1 joined", |c| c.member(1) == MemberState::Joined);
+    c.node(1).subsystems[1].nack_join_of = Some(NodeId(2));
+    c.start(2, standard());
+    c.until("node 2 forced out", |c| matches!(c.nodes[1].as_ref().unwrap().self_state, SelfState::ForcedOut(Some(_))));
+    // Node 2 has read its fate but its daemon still runs: however many rounds pass, no layer
+    // is notified of its forced leave, which waits at order 0.
+    for _ in 0..20 {
+        c.round();
+    }
+    assert!(c.log_of(1).iter().all(|s| !s.contains("forced-leave")), "{:?}", c.log_of(1));
+    let t = c.state.transition_of(NodeId(2)).expect("the forced leave waits");
+    assert_eq!((t.kind, t.position), (TransitionKind::ForcedLeave, crate::sequencer::FENCE_WAIT));
+    // It marks its heartbeat fenced: the master sees it stopped, and recovery begins.
+    c.life[1] = NodeLife { running: None, stopped: Some(c.incarnations[1]) };
+    c.nodes[1] = None;
+    c.until("node 2 inactive", |c| c.member(2) == MemberState::Inactive);
+    let forced: Vec<String> = c.log_of(1).into_iter().filter(|s| s.contains("forced-leave n2")).collect();
+    assert_eq!(forced, strings(&["dlm forced-leave n2 b0", "vdm forced-leave n2 b0"]));
+}
+
+/// The disk arbitrates a broken interconnect: a joined node the master's link judge names is
+/// forced out with the reason recorded, and its recovery waits for its fence as well.
+#[test]
+fn a_node_cut_off_from_the_interconnect_is_forced_out_with_the_reason() {
+    let mut c = Cluster::new(3);
+    for id in [1, 2, 3] {
+        c.start(id, standard());
+        c.until("joined", |c| c.member(id) == MemberState::Joined);
+    }
+    c.unreachable = vec![(NodeId(3), NodeId(1))];
+    c.until("node 3 told", |c| matches!(c.nodes[2].as_ref().unwrap().self_state, SelfState::ForcedOut(Some(_))));
+    let r = c.state.member(NodeId(3)).refusal.expect("a reason");
+    assert_eq!((r.reason, r.node), (RefusalReason::Unreachable, 1));
+    assert_eq!(crate::member::refusal_text(&r), "cannot reach node 1 over the interconnect");
+    c.unreachable.clear();
+    for _ in 0..10 {
+        c.round();
+    }
+    assert!(c.log_of(1).iter().all(|s| !s.contains("forced-leave")));
+    c.kill(3);
+    c.until("node 3 inactive", |c| c.member(3) == MemberState::Inactive);
+    assert_eq!(c.log_of(2).iter().filter(|s| s.contains("forced-leave n3")).count(), 4, "every layer recovers");
+    assert_eq!((c.member(1), c.member(2)), (MemberState::Joined, MemberState::Joined));
 }
 
 /// Transitions of different nodes run concurrently: two nodes join at once, and a node leaves

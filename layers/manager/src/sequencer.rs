@@ -19,6 +19,18 @@
 //!    per node, so a node's transitions never overlap or reorder, and a node cannot re-join
 //!    before its forced leave has completed everywhere.
 //!
+//! 4. **Links.** A joined node the master found cut off from the others over the interconnect
+//!    ([`Inputs::unreachable`], decided by [`crate::links`]) is forced out, the reason naming a
+//!    peer it cannot reach.
+//!
+//! **Recovery waits for the fence.** A forced leave whose subject is not known stopped (its
+//! heartbeat still for `dead_ms`, marked down or fenced, or another incarnation running on its
+//! slot) begins at [`FENCE_WAIT`], the membership manager's own position (order 0, where no
+//! layer registers: participants acknowledge it without notifying anything), and moves on to
+//! the layers only once the subject is known stopped. A node forced out while alive (a nack,
+//! a broken link) therefore cannot still hold what the survivors begin to recover; it marks its
+//! heartbeat fenced as soon as it has stopped everything, so the wait is short.
+//!
 //! Transitions of different nodes run concurrently.
 
 use crate::steps;
@@ -43,23 +55,58 @@ impl NodeLife {
     }
 }
 
+/// Where a forced leave waits until its subject is known stopped: the membership manager's own
+/// order 0, which no layer registers, so no subsystem is notified there.
+pub const FENCE_WAIT: Position = Position { order: 0, barrier: 0 };
+
 /// The inputs of one sequencing round, one entry per node slot: the newest records the master
 /// has read of each node (`None`: none readable yet).
 pub struct Inputs<'a> {
     pub requests: &'a [Option<NodeRequest>],
     pub acks: &'a [Option<AckRecord>],
     pub life: &'a [NodeLife],
+    /// Joined nodes to force out because the interconnect is broken, each with a peer it
+    /// cannot reach (the master's [`crate::links::LinkJudge`] decides; empty without one).
+    pub unreachable: &'a [(NodeId, NodeId)],
 }
 
 /// What a round did, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeqEvent {
     Started(Transition),
-    Advanced { transition: u64, subject: NodeId, kind: TransitionKind, position: Position },
-    Completed { subject: NodeId, kind: TransitionKind, state: MemberState },
-    JoinTurnedIntoLeave { subject: NodeId, at_order: u32 },
-    Refused { subject: NodeId, refusal: JoinRefusal },
-    NackIgnored { transition: u64, node: NodeId },
+    Advanced {
+        transition: u64,
+        subject: NodeId,
+        kind: TransitionKind,
+        position: Position,
+    },
+    Completed {
+        subject: NodeId,
+        kind: TransitionKind,
+        state: MemberState,
+    },
+    JoinTurnedIntoLeave {
+        subject: NodeId,
+        at_order: u32,
+    },
+    Refused {
+        subject: NodeId,
+        refusal: JoinRefusal,
+    },
+    NackIgnored {
+        transition: u64,
+        node: NodeId,
+    },
+    /// Forced out: cannot reach `peer` over the interconnect.
+    Unreachable {
+        subject: NodeId,
+        peer: NodeId,
+    },
+    /// A forced leave waits at [`FENCE_WAIT`] until its subject is known stopped.
+    FenceAwaited {
+        subject: NodeId,
+        incarnation: u64,
+    },
 }
 
 struct Round<'a> {
@@ -75,6 +122,7 @@ pub fn advance(state: &ClusterState, inputs: &Inputs<'_>) -> (ClusterState, Vec<
     let mut r = Round { s: state.clone(), inputs, events: Vec::new() };
     r.record_stopped();
     r.force_out_the_gone();
+    r.force_out_the_unreachable();
     r.advance_transitions();
     r.handle_requests();
     (r.s, r.events)
@@ -83,6 +131,16 @@ pub fn advance(state: &ClusterState, inputs: &Inputs<'_>) -> (ClusterState, Vec<
 impl Round<'_> {
     fn alive(&self, node: NodeId, incarnation: u64) -> bool {
         self.inputs.life[node.index()].is(incarnation)
+    }
+
+    /// Whether the daemon `incarnation` of `node` is known stopped: its heartbeat was found
+    /// still for `dead_ms`, marked down or fenced, or a later incarnation runs on its slot (a
+    /// daemon takes a slot only once the previous one stopped).
+    fn known_stopped(&self, node: NodeId, incarnation: u64) -> bool {
+        let life = self.inputs.life[node.index()];
+        self.s.member(node).stopped_incarnation >= incarnation
+            || life.stopped.is_some_and(|s| s >= incarnation)
+            || life.running.is_some_and(|r| r > incarnation)
     }
 
     /// Nodes that take part in a new transition: members whose daemons run.
@@ -129,7 +187,17 @@ impl Round<'_> {
         } else {
             participants.insert(subject);
         }
-        let Some(position) = steps::first(&self.s.layers, kind, upper) else {
+        let first = steps::first(&self.s.layers, kind, upper);
+        // A forced leave's layers recover what the subject held: they wait for its fence.
+        let fence_wait = kind == TransitionKind::ForcedLeave && !self.known_stopped(subject, incarnation);
+        let first = match first {
+            Some(_) if fence_wait => {
+                self.events.push(SeqEvent::FenceAwaited { subject, incarnation });
+                Some(FENCE_WAIT)
+            }
+            other => other,
+        };
+        let Some(position) = first else {
             let t = Transition {
                 id: self.new_id(),
                 subject,
@@ -205,6 +273,28 @@ impl Round<'_> {
         }
     }
 
+    /// Nodes the master found cut off over the interconnect: forced out (joined ones only), the
+    /// reason recorded for the node and for `sdc status`.
+    fn force_out_the_unreachable(&mut self) {
+        for &(node, peer) in self.inputs.unreachable {
+            let m = self.s.member(node);
+            if m.state != MemberState::Joined || self.s.transition_of(node).is_some() {
+                continue;
+            }
+            let refusal = JoinRefusal {
+                incarnation: m.incarnation,
+                reason: RefusalReason::Unreachable,
+                order: 0,
+                node: peer.0,
+                ours: 0,
+                theirs: 0,
+            };
+            self.s.members[node.index()].refusal = Some(refusal);
+            self.events.push(SeqEvent::Unreachable { subject: node, peer });
+            self.force_out(node);
+        }
+    }
+
     /// The acknowledgement of `node` for transition `t` at its position: `Some(nack)` if given.
     /// An acknowledgement of a later position of the same transition counts too: that node has
     /// processed this one before (a new master that took over an older copy of the cluster
@@ -230,6 +320,13 @@ impl Round<'_> {
         let ids: Vec<u64> = self.s.transitions.iter().map(|t| t.id).collect();
         for id in ids {
             let Some(t) = self.s.transitions.iter().find(|t| t.id == id).cloned() else { continue };
+            if t.kind == TransitionKind::ForcedLeave && t.position == FENCE_WAIT {
+                // Nothing is notified here: only the subject's fence is awaited.
+                if self.known_stopped(t.subject, t.subject_incarnation) {
+                    self.step(t);
+                }
+                continue;
+            }
             let answers: Vec<(NodeId, Option<bool>)> = t.participants.iter().map(|n| (n, self.ack_of(n, &t))).collect();
             #[cfg(feature = "planted-bugs")]
             if membership_db::planted::active(membership_db::planted::Bug::SequencerAdvancesEarly) {

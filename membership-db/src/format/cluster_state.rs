@@ -147,6 +147,9 @@ wire_enum! {
         Nacked = 2 => "nacked",
         /// The joining node's registrations are invalid (too many, duplicate orders).
         InvalidLayers = 3 => "invalid-layers",
+        /// Forced out by the master because it could not reach `node` over the interconnect
+        /// for `link_timeout_ms` (the disk arbitrates a broken interconnect).
+        Unreachable = 4 => "unreachable",
     }
 }
 
@@ -157,7 +160,8 @@ pub struct JoinRefusal {
     pub reason: RefusalReason,
     /// The layer concerned.
     pub order: u32,
-    /// The node whose subsystem nacked (for `Nacked`).
+    /// The node whose subsystem nacked (for `Nacked`), or a peer it cannot reach (for
+    /// `Unreachable`).
     pub node: u16,
     /// Barriers the joining node registered, and the cluster's (for `BarrierMismatch`).
     pub ours: u8,

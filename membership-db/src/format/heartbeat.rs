@@ -109,7 +109,10 @@ pub mod heartbeat_flags {
     /// The cluster state the master advertises could not be read here (damaged or torn): the
     /// master writes it again.
     pub const STATE_UNREADABLE: u8 = 1;
-    pub const ALL: u8 = STATE_UNREADABLE;
+    /// The node runs an interconnect, and its heartbeat's `reaches` set is meaningful. A node
+    /// without one (no layer that talks to peers) is never judged by its links.
+    pub const INTERCONNECT: u8 = 2;
+    pub const ALL: u8 = STATE_UNREADABLE | INTERCONNECT;
 }
 
 /// One node's heartbeat.
@@ -142,6 +145,9 @@ pub struct Heartbeat {
     pub written_unix_ms: u64,
     pub pid: u32,
     pub host: HostName,
+    /// The peers this node currently reaches over the interconnect, or `None` when it runs none
+    /// (flag [`heartbeat_flags::INTERCONNECT`] clear). Its own id is never listed.
+    pub reaches: Option<NodeSet>,
 }
 
 impl Heartbeat {
@@ -162,15 +168,21 @@ impl Heartbeat {
             written_unix_ms: 0,
             pid: 0,
             host: HostName::EMPTY,
+            reaches: None,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = vec![0u8; RECORD_BYTES];
         let mut e = Encoder::record(&mut buf, MAGIC_HEARTBEAT, FORMAT_VERSION);
+        // The flag and the set say the same thing: the set decides.
+        let flags = match self.reaches {
+            Some(_) => self.flags | heartbeat_flags::INTERCONNECT,
+            None => self.flags & !heartbeat_flags::INTERCONNECT,
+        };
         e.u16(self.node.0);
         e.u8(self.state as u8);
-        e.u8(self.flags);
+        e.u8(flags);
         e.u64(self.incarnation);
         e.u64(self.counter);
         e.u64(self.master_epoch);
@@ -185,6 +197,7 @@ impl Heartbeat {
         e.u64(self.written_unix_ms);
         e.u32(self.pid);
         e.text(self.host.as_str(), HOST_BYTES_MAX + 1);
+        e.bytes(&self.reaches.unwrap_or(NodeSet::EMPTY).to_bytes());
         e.seal();
         buf
     }
@@ -217,7 +230,7 @@ impl Heartbeat {
         Ok(Heartbeat {
             node,
             state,
-            flags,
+            flags: flags & !heartbeat_flags::INTERCONNECT,
             incarnation,
             counter,
             master_epoch,
@@ -235,6 +248,15 @@ impl Heartbeat {
                     return Err(d.invalid(format!("host name of {} bytes", host.len())));
                 }
                 HostName::new(host)
+            },
+            reaches: {
+                let set = NodeSet::from_bytes(&d.array()?);
+                match flags & heartbeat_flags::INTERCONNECT != 0 {
+                    true if set.contains(node) => return Err(d.invalid("a node listed as reaching itself")),
+                    true => Some(set),
+                    false if !set.is_empty() => return Err(d.invalid("reachable peers without an interconnect")),
+                    false => None,
+                }
             },
         })
     }

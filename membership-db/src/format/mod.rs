@@ -1,4 +1,4 @@
-//! The on-disk format, version 2, in one place (the FORMAT document).
+//! The on-disk format, version 3, in one place (the FORMAT document).
 //!
 //! # Layout
 //!
@@ -18,6 +18,26 @@
 //!
 //! The superblock records each region's kind, version, offset and length; they are checked
 //! against this layout when the disk is opened, and a region of a newer version is refused.
+//!
+//! # Version 3 (issue 8: the interconnect)
+//!
+//! Format 3 adds, and a disk of format 2 is refused like one of format 1 (`sdc format
+//! --force` after stopping every node is the way forward):
+//!
+//! * to the [`Superblock`]: `link_timeout_ms` (u32, after the timing; see
+//!   [`validate_link_timeout`]) and the 32-byte `cluster_key` the interconnect authenticates
+//!   peers with, drawn at random by `sdc format`. Only hosts that can read the disk have it;
+//!   `sdc inspect` and `sdc format` show its [`key_fingerprint`] (crc32, 8 hex digits), never
+//!   the key;
+//! * to the [`Heartbeat`]: flag [`heartbeat_flags::INTERCONNECT`] (the node runs an
+//!   interconnect) and, after the host name, the [`NodeSet`] of peers it reaches over it (32
+//!   bytes, all zero without the flag). The master judges links from these (see
+//!   `manager::links`);
+//! * [`RefusalReason::Unreachable`] for a member forced out because it lost its interconnect
+//!   links (`node` names a peer it cannot reach);
+//! * a node's `address` in the node table is its interconnect endpoint, `host[:port]`
+//!   ([`parse_address`]; port [`INTERCONNECT_PORT_DEFAULT`] when left out), checked when the
+//!   entry is written and when it is read.
 //!
 //! # The read path: one read per heartbeat interval
 //!
@@ -81,7 +101,7 @@ use crate::error::{CorruptRecord, DbError};
 use std::fmt;
 
 /// The format version this code writes, and the only one it reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Region alignment and the size of multi-sector records.
 pub const BLOCK_BYTES: u64 = 4096;
 /// Size of the slot records (superblock, node entry, config stamp, heartbeat, claim).
@@ -92,6 +112,14 @@ pub const NODES_MAX: u16 = 256;
 pub const NAME_BYTES_MAX: usize = 63;
 /// Longest free-text node address, in bytes.
 pub const ADDRESS_BYTES_MAX: usize = 255;
+/// The interconnect port of a node whose `address` names none (`host` rather than `host:port`).
+pub const INTERCONNECT_PORT_DEFAULT: u16 = 7711;
+/// Bytes of the cluster key (`sdc format` draws it at random; peers authenticate with it).
+pub const CLUSTER_KEY_BYTES: usize = 32;
+/// The default `link_timeout_ms`: three default `dead_ms`.
+pub const LINK_TIMEOUT_MS_DEFAULT: u32 = 3000;
+/// The longest `link_timeout_ms` (as `dead_ms`: ten minutes).
+pub const LINK_TIMEOUT_MS_MAX: u32 = 600_000;
 /// Longest host name kept in a heartbeat, in bytes.
 pub const HOST_BYTES_MAX: usize = 63;
 /// Bytes reserved for each copy of the cluster state.
@@ -532,15 +560,91 @@ pub fn validate_cluster_name(s: &str) -> Result<(), String> {
 pub fn validate_node_name(s: &str) -> Result<(), String> {
     check_name(s, "node name")
 }
-/// Validates a free-text node address.
+/// Validates a node address: its interconnect endpoint, `host[:port]` (empty: none). `host` is
+/// a host name (letters, digits, '-', '.'), an IPv4 address, or an IPv6 address in brackets;
+/// `port` is 1 to 65535, [`INTERCONNECT_PORT_DEFAULT`] when left out.
 pub fn validate_address(s: &str) -> Result<(), String> {
+    parse_address(s).map(|_| ())
+}
+
+/// The host and port of a node address (`None` for an empty address).
+pub fn parse_address(s: &str) -> Result<Option<(String, u16)>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
     if s.len() > ADDRESS_BYTES_MAX {
         return Err(format!("address must be at most {ADDRESS_BYTES_MAX} bytes"));
     }
-    if s.chars().any(|c| c.is_control()) {
-        return Err("address must not contain control characters".into());
+    let bad = |why: &str| {
+        Err(format!(
+            "address {s:?} {why}: use host[:port] (a host name, an IPv4 address or [IPv6]; port 1 to 65535, {INTERCONNECT_PORT_DEFAULT} by default)"
+        ))
+    };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else { return bad("has no closing ']'") };
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("holds no IPv6 address in brackets");
+        }
+        let port = match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return bad("has text after ']'"),
+            },
+        };
+        (format!("[{inner}]"), port)
+    } else {
+        if s.matches(':').count() > 1 {
+            return bad("holds an IPv6 address without brackets");
+        }
+        let (host, port) = match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        let ipv4_like = !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if ipv4_like && host.parse::<std::net::Ipv4Addr>().is_err() {
+            return bad("is not a valid IPv4 address");
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !ipv4_like && (host.is_empty() || !host.trim_end_matches('.').split('.').all(label_ok)) {
+            return bad("is not a host name");
+        }
+        (host.to_string(), port)
+    };
+    let port = match port {
+        None => INTERCONNECT_PORT_DEFAULT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n >= 1 && p.chars().all(|c| c.is_ascii_digit()) => n,
+            _ => return bad("has a port outside 1 to 65535"),
+        },
+    };
+    Ok(Some((host, port)))
+}
+
+/// Checks `link_timeout_ms` against the heartbeat interval and its bound, naming the remedy.
+pub fn validate_link_timeout(link_timeout_ms: u32, timing: &Timing) -> Result<(), String> {
+    let least = 2 * timing.heartbeat_ms;
+    if link_timeout_ms < least {
+        return Err(format!(
+            "link-timeout-ms {link_timeout_ms} must be at least two heartbeat intervals ({least}): a link is judged by what the heartbeats publish"
+        ));
+    }
+    if link_timeout_ms > LINK_TIMEOUT_MS_MAX {
+        return Err(format!("link-timeout-ms {link_timeout_ms} exceeds {LINK_TIMEOUT_MS_MAX}"));
     }
     Ok(())
+}
+
+/// A short fingerprint of the cluster key, for operators to compare (the key itself is never
+/// printed): the crc32 of the key, 8 hexadecimal digits.
+pub fn key_fingerprint(key: &[u8; CLUSTER_KEY_BYTES]) -> String {
+    format!("{:08x}", crc32fast::hash(key))
 }
 
 /// Formats a byte count the way operators write it (64MiB, 4KiB, 5242880).

@@ -1,4 +1,5 @@
-//! The superblock: the cluster's identity, geometry, timing and region table. Written twice
+//! The superblock: the cluster's identity, geometry, timing, interconnect key and link
+//! timeout, and region table. Written twice
 //! (blocks 0 and 1) by `sdc format`, never afterwards.
 
 use super::*;
@@ -17,6 +18,14 @@ pub struct Superblock {
     pub slot_bytes: u32,
     pub disk_bytes: u64,
     pub timing: Timing,
+    /// Two joined nodes whose interconnect link has been broken this long (on the master's
+    /// clock) are arbitrated by the master: see [`validate_link_timeout`]. Kept beside
+    /// [`Timing`] rather than in it: `Timing` is the liveness and fencing rule, which this
+    /// value takes no part in.
+    pub link_timeout_ms: u32,
+    /// The secret the interconnect authenticates peers with (only hosts that read the disk
+    /// have it). Never printed: see [`key_fingerprint`].
+    pub cluster_key: [u8; CLUSTER_KEY_BYTES],
     pub created_unix_ms: u64,
 }
 
@@ -27,6 +36,11 @@ impl Superblock {
 
     pub fn uuid_string(&self) -> String {
         uuid_string(&self.cluster_uuid)
+    }
+
+    /// The cluster key's fingerprint, for display (the key itself is never shown).
+    pub fn key_fingerprint(&self) -> String {
+        key_fingerprint(&self.cluster_key)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -41,6 +55,8 @@ impl Superblock {
         e.u32(self.timing.heartbeat_ms);
         e.u32(self.timing.dead_ms);
         e.u32(self.timing.fence_ms);
+        e.u32(self.link_timeout_ms);
+        e.bytes(&self.cluster_key);
         e.u64(self.created_unix_ms);
         let layout = self.layout();
         e.u8(layout.regions.len() as u8);
@@ -69,6 +85,8 @@ impl Superblock {
         let slot_bytes = d.u32()?;
         let disk_bytes = d.u64()?;
         let timing = Timing { heartbeat_ms: d.u32()?, dead_ms: d.u32()?, fence_ms: d.u32()? };
+        let link_timeout_ms = d.u32()?;
+        let cluster_key: [u8; CLUSTER_KEY_BYTES] = d.array()?;
         let created_unix_ms = d.u64()?;
         if !(1..=NODES_MAX).contains(&max_nodes) {
             return Err(d.invalid(format!("max nodes {max_nodes} out of range 1 to {NODES_MAX}")));
@@ -77,6 +95,7 @@ impl Superblock {
             return Err(d.invalid(format!("slot size {slot_bytes}")));
         }
         timing.validate().map_err(|e| d.invalid(format!("timing: {e}")))?;
+        validate_link_timeout(link_timeout_ms, &timing).map_err(|e| d.invalid(format!("timing: {e}")))?;
         validate_cluster_name(&cluster_name).map_err(|e| d.invalid(e))?;
         let expected = Layout::new(max_nodes, slot_bytes);
         let count = d.u8()? as usize;
@@ -110,6 +129,8 @@ impl Superblock {
             slot_bytes,
             disk_bytes,
             timing,
+            link_timeout_ms,
+            cluster_key,
             created_unix_ms,
         })
     }

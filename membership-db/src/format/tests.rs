@@ -32,11 +32,14 @@ fn superblock() -> impl Strategy<Value = Superblock> {
         prop_oneof![Just(512u32), Just(1024), Just(4096)],
         timing(),
         any::<u64>(),
-        0u64..1 << 40,
+        (0u64..1 << 40, any::<[u8; CLUSTER_KEY_BYTES]>(), 0u32..=LINK_TIMEOUT_MS_MAX),
     )
         .prop_map(
-            |(generation, cluster_uuid, cluster_name, max_nodes, slot_bytes, timing, created_unix_ms, extra)| {
+            |(generation, cluster_uuid, cluster_name, max_nodes, slot_bytes, timing, created_unix_ms, more)| {
+                let (extra, cluster_key, link_seed) = more;
                 let disk_bytes = Layout::new(max_nodes, slot_bytes).end() + extra;
+                let least = 2 * timing.heartbeat_ms;
+                let link_timeout_ms = least + link_seed % (LINK_TIMEOUT_MS_MAX - least + 1);
                 Superblock {
                     generation,
                     cluster_uuid,
@@ -45,17 +48,30 @@ fn superblock() -> impl Strategy<Value = Superblock> {
                     slot_bytes,
                     disk_bytes,
                     timing,
+                    link_timeout_ms,
+                    cluster_key,
                     created_unix_ms,
                 }
             },
         )
 }
+/// Node addresses as `sdc node add` accepts them: none, a host name, IPv4 or [IPv6], with or
+/// without a port.
+fn address() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,3}(:[1-9][0-9]{0,3})?",
+        (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, port)| format!("{}:{port}", std::net::Ipv4Addr::from(ip))),
+        any::<[u16; 8]>().prop_map(|ip| format!("[{}]", std::net::Ipv6Addr::from(ip))),
+    ]
+}
 fn node_entry() -> impl Strategy<Value = (NodeEntry, usize)> {
-    (node(NODES_MAX), any::<(u64, u64)>(), any::<bool>(), any::<bool>(), name(), text(ADDRESS_BYTES_MAX), any::<u64>())
-        .prop_map(|(node, (seq, leave_requests), present, master_eligible, name, address, updated_unix_ms)| {
+    (node(NODES_MAX), any::<(u64, u64)>(), any::<bool>(), any::<bool>(), name(), address(), any::<u64>()).prop_map(
+        |(node, (seq, leave_requests), present, master_eligible, name, address, updated_unix_ms)| {
             let e = NodeEntry { node, seq, present, master_eligible, name, address, updated_unix_ms, leave_requests };
             (e, (seq % 2) as usize)
-        })
+        },
+    )
 }
 fn config_stamp() -> impl Strategy<Value = ConfigStamp> {
     (any::<[u8; 16]>(), any::<(u64, u64)>()).prop_map(|(cluster_uuid, (table_generation, written_unix_ms))| {
@@ -71,14 +87,22 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
             Just(HeartbeatState::Down),
             Just(HeartbeatState::Fenced)
         ],
-        0..=heartbeat_flags::ALL,
+        0..=heartbeat_flags::STATE_UNREADABLE,
         any::<(u64, u64, u64, u32)>(),
         (any::<u64>(), any::<u64>(), 1u32..=8),
         any::<(u64, u64, u64, u64)>(),
-        text(HOST_BYTES_MAX),
+        (text(HOST_BYTES_MAX), proptest::option::of(any::<[u8; NodeSet::BYTES]>())),
     )
         .prop_map(
-            |(node, state, flags, (incarnation, counter, claim_epoch, pid), (epoch, seq, units), more, host)| {
+            |(
+                node,
+                state,
+                flags,
+                (incarnation, counter, claim_epoch, pid),
+                (epoch, seq, units),
+                more,
+                (host, reach),
+            )| {
                 let (master_seed, request_seq, ack_seq, written_unix_ms) = more;
                 let master_epoch = if claim_epoch == 0 { 0 } else { master_seed % (claim_epoch + 1) };
                 let acted_epoch = master_epoch.max(request_seq % 7);
@@ -103,6 +127,11 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                     written_unix_ms,
                     pid,
                     host: HostName::new(&host),
+                    reaches: reach.map(|b| {
+                        let mut set = NodeSet::from_bytes(&b);
+                        set.remove(node);
+                        set
+                    }),
                 }
             },
         )
@@ -525,4 +554,65 @@ fn sizes_parse_and_print() {
     assert!(parse_size("lots").is_err());
     assert!(parse_size("99999999999999TiB").is_err());
     assert_eq!(human_bytes(64 << 20), "64MiB");
+}
+
+#[test]
+fn addresses_are_host_and_optional_port() {
+    let ok = |s: &str| parse_address(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(ok(""), None);
+    assert_eq!(ok("alpha"), Some(("alpha".into(), INTERCONNECT_PORT_DEFAULT)));
+    assert_eq!(ok("node-1.example.com:9000"), Some(("node-1.example.com".into(), 9000)));
+    assert_eq!(ok("10.0.0.1"), Some(("10.0.0.1".into(), 7711)));
+    assert_eq!(ok("10.0.0.1:1"), Some(("10.0.0.1".into(), 1)));
+    assert_eq!(ok("[fe80::1]"), Some(("[fe80::1]".into(), 7711)));
+    assert_eq!(ok("[::1]:65535"), Some(("[::1]".into(), 65535)));
+    for bad in [
+        "10.0.0.256",
+        "10.0.0.1:0",
+        "10.0.0.1:65536",
+        "10.0.0.1:+80",
+        "host:",
+        "fe80::1",
+        "[fe80::1",
+        "[not-v6]:80",
+        "[::1]80",
+        "bad host",
+        "-lead",
+        "a..b",
+        ":80",
+        "host\n",
+    ] {
+        let e = validate_address(bad).expect_err(bad);
+        assert!(!e.contains('\n') && e.contains("host[:port]"), "{bad}: {e}");
+    }
+    assert!(validate_address(&"a".repeat(ADDRESS_BYTES_MAX + 1)).is_err());
+}
+
+#[test]
+fn link_timeout_is_at_least_two_heartbeats_and_bounded() {
+    let t = Timing::default();
+    assert!(validate_link_timeout(LINK_TIMEOUT_MS_DEFAULT, &t).is_ok());
+    assert!(validate_link_timeout(2 * t.heartbeat_ms, &t).is_ok());
+    assert!(validate_link_timeout(2 * t.heartbeat_ms - 1, &t).unwrap_err().contains("two heartbeat"));
+    assert!(validate_link_timeout(LINK_TIMEOUT_MS_MAX + 1, &t).is_err());
+}
+
+#[test]
+fn the_key_fingerprint_is_short_and_differs_with_the_key() {
+    let a = key_fingerprint(&[1; CLUSTER_KEY_BYTES]);
+    assert_eq!(a.len(), 8);
+    assert_ne!(a, key_fingerprint(&[2; CLUSTER_KEY_BYTES]));
+}
+
+#[test]
+fn a_heartbeat_without_an_interconnect_lists_no_peer() {
+    let hb = Heartbeat { reaches: Some(NodeSet::of(&[NodeId(2)])), ..Heartbeat::never(NodeId(1)) };
+    let mut bytes = hb.encode();
+    assert_eq!(Heartbeat::decode(&bytes, 0, NodeId(1)).unwrap().reaches, hb.reaches);
+    // Clear the flag, keep the set, reseal: a set without the flag is corrupt.
+    bytes[9] &= !heartbeat_flags::INTERCONNECT; // magic 4, version 2, node 2, state 1
+    let n = bytes.len();
+    let crc = crc32fast::hash(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert!(Heartbeat::decode(&bytes, 0, NodeId(1)).is_err());
 }

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub incarnation_floor: u64,
     pub pid: u32,
     pub host: HostName,
+    /// From the superblock: how long the master lets a pair of joined nodes stay unable to
+    /// reach each other over the interconnect before it arbitrates.
+    pub link_timeout_ms: u32,
 }
 
 impl NodeConfig {
@@ -116,6 +119,9 @@ pub enum FenceReason {
     Deposed { epoch: u64, newer: u64 },
     /// The disk no longer holds the cluster this daemon joined.
     Reformatted,
+    /// Forced out of the cluster, this node stopped everything and marked its heartbeat
+    /// fenced ([`NodeCore::mark_fenced`]), so the survivors need not wait `dead_ms`.
+    ForcedOut,
 }
 
 impl std::fmt::Display for FenceReason {
@@ -135,6 +141,9 @@ impl std::fmt::Display for FenceReason {
             }
             FenceReason::Reformatted => {
                 write!(f, "the disk no longer holds this cluster (reformatted, or its superblocks are damaged)")
+            }
+            FenceReason::ForcedOut => {
+                write!(f, "forced out of the cluster: stopped everything and marked itself fenced")
             }
         }
     }
@@ -325,6 +334,9 @@ pub struct NodeCore {
     /// when the node table does not show them.
     watched: NodeSet,
     advert: Advert,
+    /// The peers this node reaches over the interconnect (`None`: it runs none), as the driver
+    /// last said ([`NodeCore::set_reachable`]); published in every heartbeat.
+    reachable: Option<NodeSet>,
     stop_requested: bool,
     reported_live: NodeSet,
     reported_corrupt: Vec<CorruptRecord>,
@@ -353,6 +365,7 @@ impl NodeCore {
             liveness,
             leave_requests: None,
             advert: Advert::default(),
+            reachable: None,
             stop_requested: false,
             reported_live: NodeSet::EMPTY,
             reported_corrupt: Vec::new(),
@@ -469,6 +482,50 @@ impl NodeCore {
     /// What the next heartbeats publish for the membership manager.
     pub fn set_advert(&mut self, advert: Advert) {
         self.advert = advert;
+    }
+
+    /// The peers this node reaches over the interconnect, or `None` when it runs none (then it
+    /// is never judged by its links). Published in the next heartbeat: when the set changed,
+    /// that heartbeat is written early, but no sooner than a quarter interval after the last
+    /// one (a flapping link costs at most four writes an interval); an unchanged set costs no
+    /// write.
+    pub fn set_reachable(&mut self, now: Millis, reachable: Option<NodeSet>) {
+        let me = self.config.node;
+        let reachable = reachable.map(|mut s| {
+            s.remove(me);
+            s
+        });
+        if reachable == self.reachable {
+            return;
+        }
+        self.reachable = reachable;
+        let hb_ms = self.config.timing.heartbeat_ms as Millis;
+        let quarter = (hb_ms / 4).max(1);
+        if let Phase::Running(r) = &mut self.phase {
+            let earliest = (r.next_tick_at.saturating_sub(hb_ms) + quarter).max(now);
+            r.next_tick_at = r.next_tick_at.min(earliest);
+        }
+    }
+
+    /// What this node publishes of its interconnect (see [`NodeCore::set_reachable`]).
+    pub fn reachable(&self) -> Option<NodeSet> {
+        self.reachable
+    }
+
+    /// The last write of a node forced out while alive, once it has stopped everything it ran:
+    /// its own heartbeat, marked fenced, so that the survivors know at once that it stopped
+    /// (instead of waiting `dead_ms` for its heartbeat to go still) and may recover what it held.
+    /// Only while its lease holds (a node past its fence deadline may no longer write: the
+    /// others will judge it dead) and with no I/O outstanding. The core ends
+    /// (`Exit::Fenced(FenceReason::ForcedOut)`); the driver performs the write and hands nothing
+    /// back. Its own slot only: the single-writer rule holds.
+    pub fn mark_fenced(&mut self, now: Millis) -> Option<Action> {
+        if !self.is_running() || self.pending.is_some() || self.fence_deadline().is_none_or(|d| now >= d) {
+            return None;
+        }
+        let hb = self.next_heartbeat(HeartbeatState::Fenced, 0);
+        self.finish(Exit::Fenced(FenceReason::ForcedOut));
+        Some(Action::WriteHeartbeat(hb))
     }
 
     /// Writes the heartbeat at the next poll, so that a new advert is seen at once.
@@ -680,6 +737,7 @@ impl NodeCore {
             written_unix_ms: 0,
             pid: self.config.pid,
             host: self.config.host,
+            reaches: self.reachable,
         }
     }
 

@@ -86,6 +86,7 @@ impl Sim {
             incarnation_floor: 0,
             pid: node.0 as u32,
             host: "sim".into(),
+            link_timeout_ms: LINK_TIMEOUT_MS_DEFAULT,
         }
     }
 
@@ -555,4 +556,42 @@ fn random_faults_keep_one_master_and_recover() {
             sim.step();
         }
     }
+}
+
+/// Issue 8: reachability is published in the heartbeat; a change costs one early heartbeat
+/// (not before a quarter interval after the last), an unchanged set nothing; a forced-out node's
+/// last write marks its own heartbeat fenced, and only while its lease holds.
+#[test]
+fn reachability_is_published_and_a_forced_out_node_marks_itself_fenced() {
+    let mut sim = Sim::new(3, ALL3, 7);
+    sim.run_until(3000, "a master known to all", |s| s.master().is_some_and(|m| s.everyone_knows(m)));
+    let now = sim.now;
+    let writes = sim.slots[1].writes;
+    let core = sim.slots[1].core.as_mut().unwrap();
+    core.set_reachable(now, Some(NodeSet::of(&[NodeId(1), NodeId(2), NodeId(3)])));
+    assert_eq!(core.reachable(), Some(NodeSet::of(&[NodeId(1), NodeId(3)])), "its own id is never listed");
+    assert!(core.next_deadline() <= now + (TIMING.heartbeat_ms / 4) as Millis + TIMING.heartbeat_ms as Millis);
+    sim.run_until(1000, "published", |s| s.hbs[1].reaches == Some(NodeSet::of(&[NodeId(1), NodeId(3)])));
+    // The same set again: no early heartbeat.
+    let t = sim.now;
+    let deadline = sim.slots[1].core.as_ref().unwrap().next_deadline();
+    sim.slots[1].core.as_mut().unwrap().set_reachable(t, Some(NodeSet::of(&[NodeId(1), NodeId(3)])));
+    assert_eq!(sim.slots[1].core.as_ref().unwrap().next_deadline(), deadline);
+    sim.run_until(2000, "a second", |s| s.now > t + 1000);
+    let intervals = (sim.now - now) / TIMING.heartbeat_ms as Millis;
+    assert!(sim.slots[1].writes - writes <= intervals + 2, "one write per interval, one more for the change");
+    // Forced out: one heartbeat, marked fenced, then nothing.
+    let now = sim.now;
+    let core = sim.slots[1].core.as_mut().unwrap();
+    let Some(Action::WriteHeartbeat(hb)) = core.mark_fenced(now) else { panic!("a fenced heartbeat") };
+    assert_eq!(
+        (hb.state, hb.node, hb.reaches),
+        (HeartbeatState::Fenced, NodeId(2), Some(NodeSet::of(&[NodeId(1), NodeId(3)])))
+    );
+    assert_eq!(core.exit(), Some(&Exit::Fenced(FenceReason::ForcedOut)));
+    assert!(core.mark_fenced(now).is_none() && core.poll_action(now).is_none(), "written once, then nothing");
+    // A lapsed lease writes nothing.
+    let core = sim.slots[2].core.as_mut().unwrap();
+    let late = core.fence_deadline().unwrap();
+    assert!(core.mark_fenced(late).is_none());
 }
