@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod disk;
+pub mod locks;
 pub mod sim;
 
 /// Results of a range of seeds.

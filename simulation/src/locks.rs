@@ -135,11 +135,17 @@ struct LockWorld {
     links: HashMap<(usize, usize), VecDeque<(u64, Vec<u8>)>>,
     transitions: Vec<Trans>,
     next_transition: u64,
+    /// Numbers the views notifications are made from.
+    views: u64,
     next_client: u64,
     last_written: HashMap<ResName, Lvb>,
     trace: VecDeque<String>,
     outcome: LockOutcome,
     clients_active: bool,
+    /// Clients make new requests (not in the liveness phases).
+    new_requests: bool,
+    /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
+    echo: bool,
 }
 
 /// Runs one seed. `Err` names the broken invariant.
@@ -147,13 +153,9 @@ pub fn run(config: &LockConfig) -> Result<LockOutcome, Violation> {
     let mut w = LockWorld::new(config.clone());
     match w.run_phases() {
         Ok(()) => Ok(w.outcome),
-        Err((invariant, detail)) => Err(Violation {
-            seed: config.seed,
-            invariant,
-            detail,
-            at_ms: w.t,
-            trace: w.trace.into_iter().collect(),
-        }),
+        Err((invariant, detail)) => {
+            Err(Violation { seed: config.seed, invariant, detail, at_ms: w.t, trace: w.trace.into_iter().collect() })
+        }
     }
 }
 
@@ -183,15 +185,21 @@ impl LockWorld {
             links: HashMap::new(),
             transitions: Vec::new(),
             next_transition: 1,
+            views: 0,
             next_client: 1,
             last_written: HashMap::new(),
             trace: VecDeque::new(),
             outcome: LockOutcome::default(),
             clients_active: true,
+            new_requests: true,
+            echo: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
 
     fn log(&mut self, line: String) {
+        if self.echo {
+            eprintln!("t={} {line}", self.t);
+        }
         if self.trace.len() >= TRACE_MAX {
             self.trace.pop_front();
         }
@@ -216,6 +224,7 @@ impl LockWorld {
             self.nodes[i].cut = None;
         }
         self.clients_active = false;
+        self.new_requests = false;
         let deadline = self.t + self.config.liveness_bound_ms;
         loop {
             for i in 0..self.nodes.len() {
@@ -228,7 +237,10 @@ impl LockWorld {
                 break;
             }
             if self.t > deadline {
-                return Err(("liveness", format!("not quiet {} ms after the faults: {}", self.config.liveness_bound_ms, self.describe())));
+                return Err((
+                    "liveness",
+                    format!("not quiet {} ms after the faults: {}", self.config.liveness_bound_ms, self.describe()),
+                ));
             }
         }
         self.check_queues_match()?;
@@ -252,14 +264,21 @@ impl LockWorld {
             if self.t > deadline {
                 return Err((
                     "liveness",
-                    format!("locks not all released {} ms after the faults: {}", self.config.liveness_bound_ms, self.describe()),
+                    format!(
+                        "locks not all released {} ms after the faults: {}",
+                        self.config.liveness_bound_ms,
+                        self.describe()
+                    ),
                 ));
             }
         }
         for n in &self.nodes {
             if let Some(c) = &n.core {
                 if let Some(m) = c.mastered().iter().find(|m| !m.queues.is_empty()) {
-                    return Err(("ghost-lock", format!("node {} masters {} with locks nobody holds: {:?}", n.id, m.res, m.queues)));
+                    return Err((
+                        "ghost-lock",
+                        format!("node {} masters {} with locks nobody holds: {:?}", n.id, m.res, m.queues),
+                    ));
                 }
             }
         }
@@ -269,9 +288,21 @@ impl LockWorld {
     fn describe(&self) -> String {
         let mut s = String::new();
         for n in &self.nodes {
-            let state = n.core.as_ref().map(|c| format!("{:?}", c.state())).unwrap_or("down".into());
-            let clients: Vec<String> =
-                n.clients.iter().filter_map(|c| c.lock.as_ref().map(|(id, r, st)| format!("{id}:{r}:{st:?}"))).collect();
+            let state = n
+                .core
+                .as_ref()
+                .map(|c| {
+                    let locks: Vec<_> =
+                        c.own_locks().iter().map(|l| (l.lock, l.granted, l.requested, l.orphan)).collect();
+                    format!("{:?} locks {locks:?}", c.state())
+                })
+                .unwrap_or("down".into());
+            let state = format!("{state} ({} with orphans)", n.core.as_ref().map_or(0, |c| c.lock_count()));
+            let clients: Vec<String> = n
+                .clients
+                .iter()
+                .filter_map(|c| c.lock.as_ref().map(|(id, r, st)| format!("{id}:{r}:{st:?}")))
+                .collect();
             s += &format!("node {} {:?} {state} clients [{}]; ", n.id, n.standing, clients.join(" "));
         }
         for t in &self.transitions {
@@ -389,6 +420,7 @@ impl LockWorld {
             };
             for p in pending {
                 let members = self.members_now();
+                self.views += 1;
                 let t = &mut self.transitions[k];
                 t.notified.insert(p);
                 let barrier = Barrier {
@@ -397,6 +429,7 @@ impl LockWorld {
                     phase: Phase::of_barrier(t.barrier).expect("three barriers"),
                     subject: self.nodes[t.subject].id,
                     members,
+                    view: (0, self.views),
                     leaving: (t.kind == Kind::Leave).then_some(self.nodes[t.subject].id),
                 };
                 let delay = self.rng.below(12);
@@ -442,6 +475,11 @@ impl LockWorld {
         self.nodes[i].fence_at = None;
         self.nodes[i].cut = None;
         self.links.retain(|(a, b), _| *a != i && *b != i);
+        for t in &mut self.transitions {
+            // A later incarnation is notified afresh.
+            t.notified.remove(&i);
+            t.acked.remove(&i);
+        }
         let id = self.nodes[i].id;
         self.log(format!("node {id}: stops ({why})"));
     }
@@ -491,7 +529,8 @@ impl LockWorld {
             let cut_now = self.nodes.iter().any(|n| n.cut.is_some());
             if self.nodes[i].core.is_some() && self.nodes[i].fence_at.is_none() && !cut_now {
                 let long = self.rng.chance(400);
-                let len = if long { LINK_TIMEOUT_MS + 1 + self.rng.below(300) } else { 1 + self.rng.below(LINK_TIMEOUT_MS) };
+                let len =
+                    if long { LINK_TIMEOUT_MS + 1 + self.rng.below(300) } else { 1 + self.rng.below(LINK_TIMEOUT_MS) };
                 self.count(if long { "partition-forced-out" } else { "partition-healed" });
                 self.nodes[i].cut = Some((self.t, self.t + len));
                 let id = self.nodes[i].id;
@@ -500,10 +539,14 @@ impl LockWorld {
         }
         if self.rng.below(100_000) < rate {
             let i = self.rng.below(n as u64) as usize;
-            if let Some(core) = self.nodes[i].core.as_mut() {
-                let k = self.rng.below(self.nodes[i].clients.len().max(1) as u64) as usize;
-                if let Some(c) = self.nodes[i].clients.get_mut(k) {
+            let k = self.rng.below(self.nodes[i].clients.len().max(1) as u64) as usize;
+            let node = &mut self.nodes[i];
+            if let (Some(core), Some(c)) = (node.core.as_mut(), node.clients.get_mut(k)) {
+                {
                     core.client_gone(c.id);
+                    if self.echo {
+                        eprintln!("t={} node {}: client {:?} gone", self.t, i + 1, c.id);
+                    }
                     self.next_client += 1;
                     c.id = ClientId(self.next_client);
                     c.lock = None;
@@ -631,6 +674,9 @@ impl LockWorld {
                 let frames = dlm::wire::decode_batch(&bytes).map_err(|e| ("wire", e.to_string()))?;
                 let Some(core) = self.nodes[b].core.as_mut() else { break };
                 for f in frames {
+                    if self.echo {
+                        eprintln!("t={} frame {from}->{}: {f:?}", self.t, b + 1);
+                    }
                     core.handle_frame(from, f);
                 }
                 self.drain(b)?;
@@ -661,10 +707,12 @@ impl LockWorld {
                 b[..8].copy_from_slice(&v.to_le_bytes());
                 b
             };
+            let mut said = None;
             match c.lock.clone() {
-                None if self.clients_active && roll < 30 => {
+                None if self.new_requests && roll < 30 => {
                     let flags = Flags { noqueue, quecvt: false, timeout_ms: timeout };
                     if let Ok(id) = core.lock(t, c.id, name.clone(), mode, flags) {
+                        said = Some(format!("lock {id} {name} {mode} {flags:?}"));
                         c.lock = Some((id, name, CState::Waiting));
                     }
                 }
@@ -673,6 +721,7 @@ impl LockWorld {
                     if !self.clients_active || roll < 600 {
                         let v = writes.then(|| lvb(value));
                         if core.unlock(c.id, id, v).is_ok() {
+                            said = Some(format!("unlock {id} {res} writing {:?}", v.map(|v| v[0])));
                             c.lock = None;
                             if let Some(v) = v {
                                 self.last_written.insert(res, v);
@@ -682,6 +731,7 @@ impl LockWorld {
                         let flags = Flags { noqueue, quecvt, timeout_ms: timeout };
                         let v = (writes && !mode.writes_value()).then(|| lvb(value));
                         if core.convert(t, c.id, id, mode, flags, v).is_ok() {
+                            said = Some(format!("convert {id} {res} {held}->{mode} writing {:?}", v.map(|v| v[0])));
                             c.lock = Some((id, res.clone(), CState::Converting { from: held }));
                             if let Some(v) = v {
                                 self.last_written.insert(res, v);
@@ -691,9 +741,15 @@ impl LockWorld {
                     let _ = hold;
                 }
                 Some((id, _, CState::Waiting | CState::Converting { .. })) if roll < 2 => {
-                    let _ = core.cancel(c.id, id);
+                    if core.cancel(c.id, id).is_ok() {
+                        said = Some(format!("cancel {id}"));
+                    }
                 }
                 _ => {}
+            }
+            if let Some(line) = said {
+                let nid = self.nodes[i].id;
+                self.log(format!("node {nid}: {line}"));
             }
         }
     }
@@ -715,10 +771,18 @@ impl LockWorld {
                 if held_id != lock {
                     return Err(("client-event", format!("node {id}: a completion for lock {lock}, not {held_id}")));
                 }
+                let said =
+                    format!("node {id}: lock {lock} {res} -> {:?}", result.map(|g| (g.mode, g.lvb[0], g.lvb_valid)));
+                self.log(said);
+                let node = &mut self.nodes[i];
+                let c = node.clients.iter_mut().find(|c| c.id == client).expect("found above");
                 match result {
                     Ok(g) => {
                         self.outcome.grants += 1;
-                        if g.lvb_valid {
+                        // A holder in NL or CR may see a write land between its grant and its
+                        // reading the value (a PW holder beside it): only modes that exclude
+                        // writers read the last value for sure.
+                        if g.lvb_valid && g.mode.excludes_writers() {
                             self.outcome.valid_lvbs_read += 1;
                             let last = self.last_written.get(&res);
                             if last != Some(&g.lvb) {
@@ -738,7 +802,9 @@ impl LockWorld {
                     Err(err) => {
                         c.lock = match (state, err) {
                             (_, LockError::NodeLeaving) => None,
-                            (CState::Converting { from }, _) => Some((lock, res, CState::Held { mode: from, until: t })),
+                            (CState::Converting { from }, _) => {
+                                Some((lock, res, CState::Held { mode: from, until: t }))
+                            }
                             _ => None,
                         };
                     }
@@ -762,7 +828,7 @@ impl LockWorld {
     /// No two incompatible modes held on one resource by live nodes (a forced-out node that
     /// has not fenced yet still holds its locks).
     fn check_compatible(&self) -> Check {
-        let mut held: HashMap<ResName, Vec<(NodeId, LockId, Mode)>> = HashMap::new();
+        let mut held: BTreeMap<ResName, Vec<(NodeId, LockId, Mode)>> = BTreeMap::new();
         for n in &self.nodes {
             if let Some(c) = &n.core {
                 for (res, lock, mode) in c.held_modes() {
@@ -805,6 +871,12 @@ impl LockWorld {
         for n in &self.nodes {
             let Some(c) = &n.core else { continue };
             for l in c.own_locks() {
+                if l.orphan {
+                    return Err((
+                        "orphan",
+                        format!("node {} lock {} on {}: its client went, and it is still here", n.id, l.lock, l.res),
+                    ));
+                }
                 let gid = dlm::GlobalLockId { node: n.id, lock: l.lock };
                 owned.insert(gid);
                 let Some((m, q)) = masters.get(&l.res) else {
@@ -828,7 +900,10 @@ impl LockWorld {
         for (res, (m, q)) in &masters {
             for x in q.granted.iter().chain(&q.converting).chain(&q.waiting) {
                 if !owned.contains(&x.id) {
-                    return Err(("ghost-lock", format!("node {m} masters {res} with lock {:?}, which no live node owns", x.id)));
+                    return Err((
+                        "ghost-lock",
+                        format!("node {m} masters {res} with lock {:?}, which no live node owns", x.id),
+                    ));
                 }
             }
         }

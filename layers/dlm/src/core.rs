@@ -51,7 +51,7 @@ use crate::queues::{MasterOutput, Queues};
 use crate::types::*;
 use crate::wire::Frame;
 use membership_db::format::NodeId;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Locks of this node's clients, at most.
 pub const LOCKS_MAX: usize = 4 << 20;
@@ -100,9 +100,12 @@ pub struct Barrier {
     /// The node the transition is about. A node has one transition at a time: a newer one
     /// (a forced leave aborting its join) replaces the older, which never resumes.
     pub subject: NodeId,
-    /// The members of the lock manager once this transition is through (sorted, with their
-    /// incarnations).
+    /// The members of the lock manager as the view this notification comes from shows them
+    /// (with their incarnations).
     pub members: Vec<(NodeId, u64)>,
+    /// Orders the views: notifications may be processed out of the order of their views, and
+    /// a rebuild always works from the latest view seen.
+    pub view: (u64, u64),
     /// A node leaving gracefully in this transition: it takes part in the rebuild (it hands
     /// over its value blocks) though it is no longer a member.
     pub leaving: Option<NodeId>,
@@ -171,6 +174,8 @@ pub struct OwnLockView {
     #[serde(skip)]
     pub lvb: Lvb,
     pub lvb_valid: bool,
+    /// Its client has gone: it is being cancelled or released.
+    pub orphan: bool,
 }
 
 /// A resource this node masters.
@@ -202,6 +207,9 @@ pub struct DlmCore {
     stopped_by: BTreeMap<NodeId, u64>,
     /// The newest transition whose rebuild this node has seen.
     newest_rebuild: u64,
+    /// The members as the latest view of any rebuild notification shows them.
+    latest_view: (u64, u64),
+    latest_members: Vec<(NodeId, u64)>,
     /// The current recovery round (a fingerprint of `members` and `newest_rebuild`: the same
     /// on every node once they have seen the same rebuilds, whatever their order), and its step
     /// (1 to 3, then [`STEP_COMPLETE`]).
@@ -218,14 +226,14 @@ pub struct DlmCore {
     /// Resources this node masters since a recovery whose value block is not settled yet, and
     /// the value blocks their holders reported.
     recovering: BTreeSet<ResName>,
-    recovered_lvbs: HashMap<(ResName, GlobalLockId), Lvb>,
+    recovered_lvbs: Map<(ResName, GlobalLockId), Lvb>,
     rebuild_acks: Vec<u64>,
     /// Bumped by every rebuild: lookups answered for an older one are ignored.
     gen: u64,
-    resources: HashMap<ResName, Resource>,
+    resources: Map<ResName, Resource>,
     /// Resources whose directory node this is: their masters.
-    directory: HashMap<ResName, NodeId>,
-    locks: HashMap<LockId, OwnLock>,
+    directory: Map<ResName, NodeId>,
+    locks: Map<LockId, OwnLock>,
     next_lock: u64,
     deadlines: BTreeSet<(u64, LockId)>,
     /// Client operations made while stopped, for resume.
@@ -258,6 +266,8 @@ impl DlmCore {
             members: Vec::new(),
             stopped_by: BTreeMap::new(),
             newest_rebuild: 0,
+            latest_view: (0, 0),
+            latest_members: Vec::new(),
             round: 0,
             step: STEP_COMPLETE,
             done_from: VecDeque::new(),
@@ -265,12 +275,12 @@ impl DlmCore {
             recover_lookups: Vec::new(),
             awaiting_masters: BTreeSet::new(),
             recovering: BTreeSet::new(),
-            recovered_lvbs: HashMap::new(),
+            recovered_lvbs: Map::default(),
             rebuild_acks: Vec::new(),
             gen: 0,
-            resources: HashMap::new(),
-            directory: HashMap::new(),
-            locks: HashMap::new(),
+            resources: Map::default(),
+            directory: Map::default(),
+            locks: Map::default(),
             next_lock: 1,
             deadlines: BTreeSet::new(),
             parked: VecDeque::new(),
@@ -310,12 +320,11 @@ impl DlmCore {
         self.locks.len()
     }
 
-    /// This node's locks.
+    /// This node's locks, those of clients gone included (`orphan`).
     pub fn own_locks(&self) -> Vec<OwnLockView> {
         let mut v: Vec<OwnLockView> = self
             .locks
             .iter()
-            .filter(|(_, l)| !l.orphan)
             .map(|(id, l)| OwnLockView {
                 lock: *id,
                 client: l.client,
@@ -326,6 +335,7 @@ impl DlmCore {
                 res: l.res.clone(),
                 lvb: l.lvb,
                 lvb_valid: l.lvb_valid,
+                orphan: l.orphan,
             })
             .collect();
         v.sort_by_key(|l| l.lock);
@@ -333,17 +343,13 @@ impl DlmCore {
     }
 
     /// Every lock of this node that holds a mode, orphans included (they hold it until
-    /// released), with the mode it may rely on: a conversion down counts from its request.
+    /// released), with the mode its client may rely on ([`crate::queues::relied_on`]).
     pub fn held_modes(&self) -> Vec<(ResName, LockId, Mode)> {
         self.locks
             .iter()
             .filter_map(|(id, l)| {
                 let g = l.granted?;
-                let mode = match l.requested {
-                    Some(r) if crate::queues::is_down_conversion(g, r) => r,
-                    _ => g,
-                };
-                Some((l.res.clone(), *id, mode))
+                Some((l.res.clone(), *id, crate::queues::relied_on(g, l.requested)))
             })
             .collect()
     }
@@ -439,6 +445,9 @@ impl DlmCore {
     }
 
     /// Converts a granted lock to `mode`. `lvb` is written when converting down from PW or EX.
+    /// From the request until its completion the client may rely only on what both modes
+    /// allow ([`crate::queues::relied_on`]): the master may grant the new mode, and others
+    /// modes compatible with it, before the completion arrives here.
     pub fn convert(
         &mut self,
         now: u64,
@@ -486,8 +495,9 @@ impl DlmCore {
 
     fn release(&mut self, lock: LockId, lvb: Option<Lvb>) {
         let l = self.locks.remove(&lock).expect("released locks exist");
+        // Sent while the resource's master is still cached here, then forgotten.
+        self.submit(l.res.clone(), Op::Unlock { lock, lvb }, false);
         self.forget_own(&l.res);
-        self.submit(l.res, Op::Unlock { lock, lvb }, false);
     }
 
     /// Ends a waiting request or conversion: its completion says [`LockError::Cancelled`]
@@ -580,7 +590,23 @@ impl DlmCore {
         self.resources.get_mut(res).expect("inserted above")
     }
 
+    /// Whether an operation that waited (for a lookup, or for resume) still stands: recovery
+    /// may have ended its lock meanwhile (a cancel completed when its master left).
+    fn still_wanted(&self, op: &Op) -> bool {
+        match op {
+            Op::Request { lock, .. } => self.locks.get(lock).is_some_and(|l| l.granted.is_none()),
+            Op::Convert { lock, .. } => {
+                self.locks.get(lock).is_some_and(|l| l.granted.is_some() && l.requested.is_some())
+            }
+            Op::Cancel { lock, .. } => self.locks.get(lock).is_some_and(|l| l.requested.is_some()),
+            Op::Unlock { .. } => true,
+        }
+    }
+
     fn route(&mut self, res: ResName, op: Op) {
+        if !self.still_wanted(&op) {
+            return;
+        }
         let (me, gen) = (self.me, self.gen);
         let dir = self.directory_node(&res);
         let r = self.resource_entry(&res);
@@ -608,10 +634,16 @@ impl DlmCore {
     /// Applies an operation to a resource mastered here, from its owner `from`.
     fn master_op(&mut self, from: NodeId, res: &ResName, op: Op) {
         // The directory named this node master before this node heard so (its own lookup's
-        // answer is on its way): it masters the resource from now.
+        // answer is on its way): it masters the resource from now, and what waited for the
+        // answer goes on here.
         let r = self.resource_entry(res);
-        if matches!(r.master, Master::Unknown) {
+        let mut waited = Vec::new();
+        if matches!(r.master, Master::Unknown | Master::LookingUp { .. }) {
             r.master = Master::Me(Queues::default());
+            waited = std::mem::take(&mut r.pending);
+        }
+        for op in waited {
+            self.route(res.clone(), op);
         }
         let Some(Resource { master: Master::Me(q), .. }) = self.resources.get_mut(res) else {
             self.dropped_frames += 1;
@@ -742,7 +774,9 @@ impl DlmCore {
                 self.transmit.push_back((from, Frame::LookupReply { gen, res, master }));
             }
             Frame::LookupReply { gen, res, master } => self.lookup_reply(gen, res, master),
-            Frame::Request { res, lock, mode, noqueue } => self.master_op(from, &res, Op::Request { lock, mode, noqueue }),
+            Frame::Request { res, lock, mode, noqueue } => {
+                self.master_op(from, &res, Op::Request { lock, mode, noqueue })
+            }
             Frame::Convert { res, lock, mode, noqueue, quecvt, lvb } => {
                 self.master_op(from, &res, Op::Convert { lock, mode, noqueue, quecvt, lvb })
             }
@@ -808,10 +842,15 @@ impl DlmCore {
             }
             Phase::Rebuild => {
                 self.stopped_by.insert(b.subject, b.transition);
-                let mut members = b.members.clone();
-                members.sort();
-                members.dedup_by_key(|(n, _)| *n);
                 self.newest_rebuild = self.newest_rebuild.max(b.transition);
+                if b.view >= self.latest_view {
+                    self.latest_view = b.view;
+                    let mut members = b.members.clone();
+                    members.sort();
+                    members.dedup_by_key(|(n, _)| *n);
+                    self.latest_members = members;
+                }
+                let members = self.latest_members.clone();
                 let me = self.me;
                 let member_after = members.iter().any(|(n, _)| *n == me);
                 if !member_after {
@@ -871,8 +910,7 @@ impl DlmCore {
 
     /// Starts recovery round for `members` (this node among them).
     fn rebuild(&mut self, members: Vec<(NodeId, u64)>) {
-        let departed: Vec<NodeId> =
-            self.members.iter().filter(|m| !members.contains(m)).map(|(n, _)| *n).collect();
+        let departed: Vec<NodeId> = self.members.iter().filter(|m| !members.contains(m)).map(|(n, _)| *n).collect();
         self.members = members;
         self.round = fingerprint(&self.members, self.newest_rebuild);
         self.step = 1;
@@ -891,7 +929,7 @@ impl DlmCore {
         }
         self.early_entries.retain(|(r, _)| *r != round);
         // Masters forget the departed; caches and lookups of a departed master are void.
-        for r in self.resources.values_mut() {
+        for (res, r) in self.resources.iter_mut() {
             match &mut r.master {
                 Master::Me(q) => {
                     for d in &departed {
@@ -901,9 +939,13 @@ impl DlmCore {
                 }
                 Master::Remote(m) if departed.contains(m) => r.master = Master::Unknown,
                 Master::LookingUp { .. } => {
-                    // Its lock states are recovered from this node's own records in step 3.
+                    // The lookup is void; what waited for it goes again at resume (a request
+                    // or conversion recovered in step 3 meanwhile is then a duplicate, which
+                    // masters ignore).
                     r.master = Master::Unknown;
-                    r.pending.clear();
+                    for op in r.pending.drain(..).rev() {
+                        self.parked.push_front((res.clone(), op));
+                    }
                 }
                 Master::Remote(_) | Master::Unknown => {}
             }
@@ -925,6 +967,8 @@ impl DlmCore {
             if !held {
                 let l = self.locks.remove(&id).expect("exists");
                 self.forget_own(&l.res);
+            } else if orphan {
+                self.release(id, None);
             }
             if !orphan {
                 self.events.push_back(ClientEvent::Completion { client, lock: id, result: Err(error) });

@@ -20,7 +20,7 @@
 //! // The membership manager takes the node through the DLM layer's barriers as it joins.
 //! for (key, phase) in [(1, Phase::Stop), (2, Phase::Rebuild), (3, Phase::Resume)] {
 //!     let members = vec![(NodeId(1), 7)];
-//!     dlm.handle_barrier(Barrier { key, transition: 1, phase, subject: NodeId(1), members, leaving: None });
+//!     dlm.handle_barrier(Barrier { key, transition: 1, phase, subject: NodeId(1), members, view: (1, key), leaving: None });
 //! }
 //! let client = ClientId(1);
 //! let res = ResName::new("default", b"license-server").unwrap();

@@ -46,6 +46,24 @@ pub fn is_down_conversion(old: Mode, new: Mode) -> bool {
     Mode::ALL.iter().all(|&m| !old.compatible(m) || new.compatible(m))
 }
 
+/// What the holder of a lock granted in `granted`, converting to `requested`, may rely on
+/// while the conversion is pending: a conversion down gives the old mode up at the request; a
+/// conversion up keeps it until the grant; a conversion neither up nor down (CW to PR, PR to
+/// CW) keeps only what both modes allow (CR), since the master may grant the new mode, and
+/// others beside it, before the owner hears of it.
+pub fn relied_on(granted: Mode, requested: Option<Mode>) -> Mode {
+    match requested {
+        None => granted,
+        Some(r) if is_down_conversion(granted, r) => r,
+        Some(r) if is_down_conversion(r, granted) => granted,
+        Some(r) => Mode::ALL
+            .into_iter()
+            .rev()
+            .find(|m| is_down_conversion(granted, *m) && is_down_conversion(r, *m))
+            .expect("NL is below every mode"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Queues {
     pub granted: Vec<MasterLock>,
@@ -419,6 +437,15 @@ mod tests {
         r.request(id(3), Mode::Ex, Q, &mut out);
         let blocking = out.iter().filter(|o| matches!(o, MasterOutput::Blocking { .. })).count();
         assert_eq!(blocking, 1, "{out:?}");
+    }
+
+    #[test]
+    fn a_pending_conversion_is_relied_on_as_what_both_modes_allow() {
+        assert_eq!(relied_on(Mode::Ex, Some(Mode::Nl)), Mode::Nl);
+        assert_eq!(relied_on(Mode::Pr, Some(Mode::Ex)), Mode::Pr);
+        assert_eq!(relied_on(Mode::Cw, Some(Mode::Pr)), Mode::Cr);
+        assert_eq!(relied_on(Mode::Pr, Some(Mode::Cw)), Mode::Cr);
+        assert_eq!(relied_on(Mode::Pw, None), Mode::Pw);
     }
 
     #[test]

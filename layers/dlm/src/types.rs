@@ -180,3 +180,29 @@ pub enum ClientEvent {
     /// you can (drop caches on demand).
     Blocking { client: ClientId, lock: LockId, wanted: Mode },
 }
+
+/// FNV-1a as a `Hasher`: the lock manager's maps hash with it, so that iterating them is the
+/// same on every run (the simulator replays a seed exactly) and short keys hash fast.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A hash map that iterates in the same order on every run.
+pub type Map<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;

@@ -74,14 +74,28 @@ pub enum Frame {
     },
     /// Recovery round `round` has reached step `step` on the sender: it has sent everything
     /// of the steps before.
-    Done { round: u64, step: u8 },
+    Done {
+        round: u64,
+        step: u8,
+    },
     /// Recovery step 2, to the resource's directory node: `master` masters `res` (sent by the
     /// master and by every owner that knows it).
-    DirEntry { round: u64, res: ResName, master: NodeId },
+    DirEntry {
+        round: u64,
+        res: ResName,
+        master: NodeId,
+    },
     /// Recovery step 3, owner to directory node: who masters `res`, whose master left? The
     /// first to ask becomes its master.
-    RecoverLookup { round: u64, res: ResName },
-    RecoverLookupReply { round: u64, res: ResName, master: NodeId },
+    RecoverLookup {
+        round: u64,
+        res: ResName,
+    },
+    RecoverLookupReply {
+        round: u64,
+        res: ResName,
+        master: NodeId,
+    },
     /// Recovery step 3, owner to the resource's (new) master: my lock.
     RecoverLock {
         round: u64,

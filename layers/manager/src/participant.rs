@@ -23,6 +23,9 @@ pub struct Notification {
     pub position: Position,
     /// The layer's name as registered here.
     pub layer: String,
+    /// The cluster state this notification comes from, as (epoch, sequence): a later one shows
+    /// a later view.
+    pub state: (u64, u64),
     /// Every node that is not inactive, as the cluster state says now: its state, incarnation
     /// and the position of its transition in flight, from which a layer works out which nodes
     /// are its members at this moment.
@@ -35,8 +38,40 @@ pub struct ViewMember {
     pub node: NodeId,
     pub state: MemberState,
     pub incarnation: u64,
-    /// Its transition in flight, if any: kind and current position.
-    pub transition: Option<(TransitionKind, Position)>,
+    /// Its transition in flight, if any.
+    pub transition: Option<InFlight>,
+}
+
+/// A transition in flight, as a view shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub kind: TransitionKind,
+    pub position: Position,
+    /// Only layers at or below this order take part (see [`Transition::upper`]).
+    pub upper: Option<u32>,
+}
+
+impl ViewMember {
+    /// Whether this node is a member of the layer at `order` at this moment: a layer's
+    /// membership changes at its barrier `change` (0-based) of a transition, so that a layer
+    /// with a stop barrier before its change sees every member stopped first. A node forced
+    /// out stays a member until its forced leave reaches that barrier: it is known stopped
+    /// only then (it waits at [`crate::sequencer::FENCE_WAIT`] before), unless the forced leave
+    /// never visits the layer (the aborted join had not reached it).
+    pub fn member_of(&self, order: u32, change: u8) -> bool {
+        let before_change = |p: Position| p.order < order || (p.order == order && p.barrier < change);
+        match self.transition {
+            None => self.state == MemberState::Joined,
+            Some(t) => match t.kind {
+                TransitionKind::Join => !before_change(t.position),
+                // Leaves go top-down: not at the layer yet means a higher order.
+                TransitionKind::Leave => {
+                    t.position.order > order || (t.position.order == order && t.position.barrier < change)
+                }
+                TransitionKind::ForcedLeave => t.upper.is_none_or(|u| u >= order) && before_change(t.position),
+            },
+        }
+    }
 }
 
 impl Notification {
@@ -276,7 +311,8 @@ impl Participant {
         let view: Vec<ViewMember> = NodeId::all(state.members.len() as u16)
             .map(|node| {
                 let m = state.member(node);
-                let transition = state.transition_of(node).map(|t| (t.kind, t.position));
+                let transition =
+                    state.transition_of(node).map(|t| InFlight { kind: t.kind, position: t.position, upper: t.upper });
                 ViewMember { node, state: m.state, incarnation: m.incarnation, transition }
             })
             .filter(|v| v.state != MemberState::Inactive)
@@ -312,6 +348,7 @@ impl Participant {
                     kind: t.kind,
                     position: t.position,
                     layer: layer.name.clone(),
+                    state: (state.epoch, state.seq),
                     view: view.clone(),
                 }),
                 None => self.record_ack(t.id, t.position, false),

@@ -18,6 +18,8 @@
 //!    the layer. A joined node asking to leave starts a leave. There is at most one transition
 //!    per node, so a node's transitions never overlap or reorder, and a node cannot re-join
 //!    before its forced leave has completed everywhere.
+//!    A node whose join starts takes part in every transition already in flight, from its
+//!    current position on.
 //!
 //! 4. **Links.** A joined node the master found cut off from the others over the interconnect
 //!    ([`Inputs::unreachable`], decided by [`crate::links`]) is forced out, the reason naming a
@@ -186,6 +188,14 @@ impl Round<'_> {
             participants.remove(subject);
         } else {
             participants.insert(subject);
+        }
+        if kind == TransitionKind::Join {
+            // A joining node takes part in the transitions already in flight from where they
+            // are: its layers learn of every membership change after their own join's view
+            // (the DLM computes its members from what each notification shows).
+            for t in &mut self.s.transitions {
+                t.participants.insert(subject);
+            }
         }
         let first = steps::first(&self.s.layers, kind, upper);
         // A forced leave's layers recover what the subject held: they wait for its fence.
