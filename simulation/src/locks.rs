@@ -126,13 +126,16 @@ struct Node {
 
 type Check = Result<(), (&'static str, String)>;
 
+/// A frame on a link: when it is due, the receiving incarnation it was sent to, its bytes.
+type InFlightFrame = (u64, u64, Vec<u8>);
+
 struct LockWorld {
     config: LockConfig,
     t: u64,
     rng: SplitMix64,
     nodes: Vec<Node>,
     names: Vec<ResName>,
-    links: HashMap<(usize, usize), VecDeque<(u64, Vec<u8>)>>,
+    links: HashMap<(usize, usize), VecDeque<InFlightFrame>>,
     transitions: Vec<Trans>,
     next_transition: u64,
     /// Numbers the views notifications are made from.
@@ -542,8 +545,8 @@ impl LockWorld {
             let k = self.rng.below(self.nodes[i].clients.len().max(1) as u64) as usize;
             let node = &mut self.nodes[i];
             if let (Some(core), Some(c)) = (node.core.as_mut(), node.clients.get_mut(k)) {
+                core.client_gone(c.id);
                 {
-                    core.client_gone(c.id);
                     if self.echo {
                         eprintln!("t={} node {}: client {:?} gone", self.t, i + 1, c.id);
                     }
@@ -631,14 +634,22 @@ impl LockWorld {
             }
             for (to, frame) in frames {
                 progressed = true;
+                if self.echo {
+                    eprintln!("t={} send {}->{to}: {frame:?}", self.t, i + 1);
+                }
                 let j = to.index();
+                // The interconnect's session is with the incarnation the sender knows: a frame
+                // for an incarnation that has gone is never delivered to the next one.
+                let core = self.nodes[i].core.as_ref().expect("running");
+                let known = core.members().iter().find(|(n, _)| *n == to).map(|(_, inc)| *inc);
+                let incarnation = known.unwrap_or(self.nodes[j].incarnation);
                 let mut b = dlm::wire::Batch::new();
                 b.push(&frame);
                 let delay = 1 + self.rng.below(4);
                 let due = self.t + delay;
                 let q = self.links.entry((i, j)).or_default();
-                let due = q.back().map_or(due, |(last, _)| due.max(*last));
-                q.push_back((due, b.into_bytes()));
+                let due = q.back().map_or(due, |(last, _, _)| due.max(*last));
+                q.push_back((due, incarnation, b.into_bytes()));
             }
             for e in events {
                 progressed = true;
@@ -664,12 +675,14 @@ impl LockWorld {
             if self.nodes[a].cut.is_some() || self.nodes[b].cut.is_some() {
                 continue;
             }
-            loop {
-                let Some(q) = self.links.get_mut(&(a, b)) else { break };
-                if !q.front().is_some_and(|(due, _)| *due <= self.t) {
+            while let Some(q) = self.links.get_mut(&(a, b)) {
+                if q.front().is_none_or(|(due, _, _)| *due > self.t) {
                     break;
                 }
-                let (_, bytes) = q.pop_front().expect("checked");
+                let (_, incarnation, bytes) = q.pop_front().expect("checked");
+                if incarnation != self.nodes[b].incarnation {
+                    continue;
+                }
                 let from = self.nodes[a].id;
                 let frames = dlm::wire::decode_batch(&bytes).map_err(|e| ("wire", e.to_string()))?;
                 let Some(core) = self.nodes[b].core.as_mut() else { break };
@@ -717,7 +730,7 @@ impl LockWorld {
                     }
                 }
                 Some((id, res, CState::Held { mode: held, until })) if t >= until => {
-                    let writes = held.writes_value() && roll % 2 == 0;
+                    let writes = held.writes_value() && roll.is_multiple_of(2);
                     if !self.clients_active || roll < 600 {
                         let v = writes.then(|| lvb(value));
                         if core.unlock(c.id, id, v).is_ok() {
@@ -740,10 +753,10 @@ impl LockWorld {
                     }
                     let _ = hold;
                 }
-                Some((id, _, CState::Waiting | CState::Converting { .. })) if roll < 2 => {
-                    if core.cancel(c.id, id).is_ok() {
-                        said = Some(format!("cancel {id}"));
-                    }
+                Some((id, _, CState::Waiting | CState::Converting { .. }))
+                    if roll < 2 && core.cancel(c.id, id).is_ok() =>
+                {
+                    said = Some(format!("cancel {id}"));
                 }
                 _ => {}
             }
@@ -872,9 +885,24 @@ impl LockWorld {
             let Some(c) = &n.core else { continue };
             for l in c.own_locks() {
                 if l.orphan {
+                    let seen: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .filter_map(|m| {
+                            m.core.as_ref().map(|c| format!("node {}: {}", m.id, c.describe_resource(&l.res)))
+                        })
+                        .collect();
                     return Err((
                         "orphan",
-                        format!("node {} lock {} on {}: its client went, and it is still here", n.id, l.lock, l.res),
+                        format!(
+                            "node {} lock {} on {} ({:?}/{:?}): its client went, and it is still here; {}",
+                            n.id,
+                            l.lock,
+                            l.res,
+                            l.granted,
+                            l.requested,
+                            seen.join("; ")
+                        ),
                     ));
                 }
                 let gid = dlm::GlobalLockId { node: n.id, lock: l.lock };

@@ -4,7 +4,7 @@
 use simulation::locks::{run, LockConfig};
 
 /// Seeds run by `cargo test` (more: `LOCK_SEEDS=N`).
-pub const CI_LOCK_SEEDS: u64 = 300;
+pub const CI_LOCK_SEEDS: u64 = 2000;
 
 #[test]
 fn lock_seeds_keep_every_invariant_and_finish_every_request() {

@@ -74,3 +74,49 @@ fn without_a_planted_bug_the_same_seeds_pass() {
         }
     }
 }
+
+mod lock_manager {
+    use dlm::planted::{plant, Bug, GRANT_IGNORES_CONVERTING, LVB_ALWAYS_VALID, RECOVERY_FORGETS_WAITING};
+    use simulation::locks::{run, LockConfig};
+
+    /// A planted bug of the lock manager must be caught within this many seeds.
+    const BUDGET: u64 = 500;
+
+    fn assert_caught(bug: Bug, invariants: &[&str]) {
+        plant(Some(bug));
+        let found = (0..BUDGET).find_map(|seed| run(&LockConfig::for_seed(seed)).err());
+        plant(None);
+        let v = found.unwrap_or_else(|| panic!("{} not caught within {BUDGET} seeds", bug.name()));
+        assert!(invariants.contains(&v.invariant), "{} caught, but as {}:\n{v}", bug.name(), v.invariant);
+        plant(Some(bug));
+        let again = run(&LockConfig::for_seed(v.seed)).expect_err("the seed replays");
+        plant(None);
+        assert_eq!((again.invariant, again.at_ms, &again.detail), (v.invariant, v.at_ms, &v.detail));
+        eprintln!("{}: caught at seed {} as {} at t={} ms", bug.name(), v.seed, v.invariant, v.at_ms);
+    }
+
+    #[test]
+    fn a_grant_that_ignores_the_converting_queue_is_caught() {
+        assert_caught(GRANT_IGNORES_CONVERTING, &["compatible"]);
+    }
+
+    #[test]
+    fn a_recovery_that_forgets_a_waiting_request_is_caught() {
+        assert_caught(RECOVERY_FORGETS_WAITING, &["lost-lock", "liveness"]);
+    }
+
+    #[test]
+    fn a_value_block_taken_as_valid_after_its_writer_died_is_caught() {
+        assert_caught(LVB_ALWAYS_VALID, &["lvb"]);
+    }
+
+    #[test]
+    fn without_a_planted_bug_the_same_lock_seeds_pass() {
+        plant(None);
+        for seed in 0..100 {
+            if let Err(v) = run(&LockConfig::for_seed(seed)) {
+                panic!("{v}");
+            }
+        }
+    }
+}

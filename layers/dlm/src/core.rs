@@ -227,6 +227,10 @@ pub struct DlmCore {
     /// the value blocks their holders reported.
     recovering: BTreeSet<ResName>,
     recovered_lvbs: Map<(ResName, GlobalLockId), Lvb>,
+    /// This node's locks sent whole to a new master since the last resume, with the count of
+    /// operations parked then: their requests and conversions parked before are in what was
+    /// sent, and are not sent again.
+    recovered_locks: Map<LockId, u64>,
     rebuild_acks: Vec<u64>,
     /// Bumped by every rebuild: lookups answered for an older one are ignored.
     gen: u64,
@@ -237,7 +241,9 @@ pub struct DlmCore {
     next_lock: u64,
     deadlines: BTreeSet<(u64, LockId)>,
     /// Client operations made while stopped, for resume.
-    parked: VecDeque<(ResName, Op)>,
+    /// Each with the count of operations parked before it (see `recovered_locks`).
+    parked: VecDeque<(u64, ResName, Op)>,
+    parked_count: u64,
     /// Frames other than recovery frames received while stopped, for resume.
     deferred: VecDeque<(NodeId, Frame)>,
     transmit: VecDeque<(NodeId, Frame)>,
@@ -276,6 +282,7 @@ impl DlmCore {
             awaiting_masters: BTreeSet::new(),
             recovering: BTreeSet::new(),
             recovered_lvbs: Map::default(),
+            recovered_locks: Map::default(),
             rebuild_acks: Vec::new(),
             gen: 0,
             resources: Map::default(),
@@ -284,6 +291,7 @@ impl DlmCore {
             next_lock: 1,
             deadlines: BTreeSet::new(),
             parked: VecDeque::new(),
+            parked_count: 0,
             deferred: VecDeque::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -358,6 +366,20 @@ impl DlmCore {
     /// not yet by its master (an orphan).
     pub fn requests_in_flight(&self) -> usize {
         self.locks.values().filter(|l| l.requested.is_some() || l.orphan).count()
+    }
+
+    /// What this node knows of `res`, for diagnostics: its master (or lookup) and queues.
+    pub fn describe_resource(&self, res: &ResName) -> String {
+        match self.resources.get(res) {
+            None => "unknown here".into(),
+            Some(r) => format!(
+                "{:?}, {} own, pending {:?}, directory says {:?}",
+                r.master,
+                r.own,
+                r.pending,
+                self.directory.get(res)
+            ),
+        }
     }
 
     /// The resources this node masters, with their queues.
@@ -444,10 +466,12 @@ impl DlmCore {
         self.locks.get(&lock).filter(|l| l.client == client && !l.orphan).ok_or(DlmError::UnknownLock(lock))
     }
 
-    /// Converts a granted lock to `mode`. `lvb` is written when converting down from PW or EX.
-    /// From the request until its completion the client may rely only on what both modes
-    /// allow ([`crate::queues::relied_on`]): the master may grant the new mode, and others
-    /// modes compatible with it, before the completion arrives here.
+    /// Converts a granted lock to `mode`, up or down. `lvb` is written when converting down
+    /// from PW or EX. A conversion down counts at once: the master may grant others beside the
+    /// new mode before its completion arrives. A conversion neither up nor down (PR to CW, CW to
+    /// PR) is refused ([`DlmError::Sideways`]): while it waited, the holder could rely only on
+    /// what both modes allow, and a cancel could not give the old mode back; convert down to
+    /// CR first, then up.
     pub fn convert(
         &mut self,
         now: u64,
@@ -461,6 +485,9 @@ impl DlmCore {
         let Some(old) = l.granted else { return Err(DlmError::NotGranted(lock)) };
         if l.requested.is_some() {
             return Err(DlmError::Busy { lock, state: "converting", what: "cancel" });
+        }
+        if !crate::queues::is_down_conversion(old, mode) && !crate::queues::is_down_conversion(mode, old) {
+            return Err(DlmError::Sideways { from: old, to: mode });
         }
         let res = l.res.clone();
         let deadline = flags.timeout_ms.map(|t| now.saturating_add(t));
@@ -577,7 +604,8 @@ impl DlmCore {
             self.resource_entry(&res).own += 1;
         }
         if self.state != State::Running {
-            self.parked.push_back((res, op));
+            self.parked_count += 1;
+            self.parked.push_back((self.parked_count, res, op));
             return;
         }
         self.route(res, op);
@@ -912,6 +940,9 @@ impl DlmCore {
     fn rebuild(&mut self, members: Vec<(NodeId, u64)>) {
         let departed: Vec<NodeId> = self.members.iter().filter(|m| !members.contains(m)).map(|(n, _)| *n).collect();
         self.members = members;
+        // What a departed incarnation sent and waits here is void: its node may be back as a
+        // new incarnation by the time it would be processed.
+        self.deferred.retain(|(from, _)| !departed.contains(from));
         self.round = fingerprint(&self.members, self.newest_rebuild);
         self.step = 1;
         self.gen += 1;
@@ -944,34 +975,54 @@ impl DlmCore {
                     // masters ignore).
                     r.master = Master::Unknown;
                     for op in r.pending.drain(..).rev() {
-                        self.parked.push_front((res.clone(), op));
+                        // Older than anything parked: numbered below it.
+                        self.parked.push_front((0, res.clone(), op));
                     }
                 }
                 Master::Remote(_) | Master::Unknown => {}
             }
         }
-        // A cancel sent to a master that left is done: it never reached a queue.
-        let cancelled: Vec<LockId> = self
+        // Requests whose master left, answer unknown: a conversion down cannot be refused, so
+        // it is done (the master may have granted others beside the new mode already); a
+        // cancel of anything else is done too: that request never reached a queue that lives.
+        let unanswered: Vec<LockId> = self
             .locks
             .iter()
-            .filter(|(_, l)| l.cancelling.is_some())
+            .filter(|(_, l)| l.requested.is_some())
             .filter(|(_, l)| self.resources.get(&l.res).is_none_or(|r| matches!(r.master, Master::Unknown)))
             .map(|(id, _)| *id)
             .collect();
-        for id in cancelled {
+        for id in unanswered {
             let l = self.locks.get_mut(&id).expect("listed");
-            let error = l.cancelling.take().expect("filtered");
-            l.requested = None;
-            l.deadline = None;
-            let (client, orphan, held) = (l.client, l.orphan, l.granted.is_some());
-            if !held {
-                let l = self.locks.remove(&id).expect("exists");
-                self.forget_own(&l.res);
-            } else if orphan {
-                self.release(id, None);
-            }
-            if !orphan {
-                self.events.push_back(ClientEvent::Completion { client, lock: id, result: Err(error) });
+            let (client, orphan) = (l.client, l.orphan);
+            let requested = l.requested.expect("filtered");
+            match l.granted {
+                Some(g) if crate::queues::is_down_conversion(g, requested) => {
+                    l.granted = Some(requested);
+                    l.requested = None;
+                    l.cancelling = None;
+                    l.deadline = None;
+                    let grant = Grant { mode: requested, lvb: l.lvb, lvb_valid: l.lvb_valid };
+                    if orphan {
+                        self.release(id, None);
+                    } else {
+                        self.events.push_back(ClientEvent::Completion { client, lock: id, result: Ok(grant) });
+                    }
+                }
+                held => {
+                    let Some(error) = l.cancelling.take() else { continue };
+                    l.requested = None;
+                    l.deadline = None;
+                    if held.is_none() {
+                        let l = self.locks.remove(&id).expect("exists");
+                        self.forget_own(&l.res);
+                    } else if orphan {
+                        self.release(id, None);
+                    }
+                    if !orphan {
+                        self.events.push_back(ClientEvent::Completion { client, lock: id, result: Err(error) });
+                    }
+                }
             }
         }
         self.send_done();
@@ -1127,6 +1178,8 @@ impl DlmCore {
             if crate::planted::RECOVERY_FORGETS_WAITING.active() && l.granted.is_none() {
                 continue;
             }
+            // Its state goes whole: a request or conversion that waited to be sent is in it.
+            self.recovered_locks.insert(id, self.parked_count);
             let frame = Frame::RecoverLock {
                 round,
                 res: res.clone(),
@@ -1158,7 +1211,8 @@ impl DlmCore {
             unreachable!("only RecoverLock comes here")
         };
         let r = self.resource_entry(&res);
-        if !matches!(r.master, Master::Me(_)) {
+        let created = !matches!(r.master, Master::Me(_));
+        if created {
             r.master = Master::Me(Queues::default());
             self.recovering.insert(res.clone());
         }
@@ -1166,7 +1220,12 @@ impl DlmCore {
         let id = GlobalLockId { node: from, lock };
         q.insert_recovered(id, granted, requested, quecvt);
         if lvb_valid && self.recovering.contains(&res) {
-            self.recovered_lvbs.insert((res, id), lvb);
+            self.recovered_lvbs.insert((res.clone(), id), lvb);
+        }
+        if created && from != self.me {
+            // This node masters it now (another owner was told so): its own locks on it,
+            // whose master left, join the queues too.
+            self.master_found(res, self.me);
         }
     }
 
@@ -1258,8 +1317,15 @@ impl DlmCore {
             }
         }
         let parked = std::mem::take(&mut self.parked);
-        for (res, op) in parked {
-            self.route(res, op);
+        let recovered = std::mem::take(&mut self.recovered_locks);
+        for (count, res, op) in parked {
+            let sent_whole = match &op {
+                Op::Request { lock, .. } | Op::Convert { lock, .. } => recovered.get(lock).is_some_and(|c| count <= *c),
+                Op::Unlock { .. } | Op::Cancel { .. } => false,
+            };
+            if !sent_whole {
+                self.route(res, op);
+            }
         }
     }
 }

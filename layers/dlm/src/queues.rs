@@ -49,8 +49,8 @@ pub fn is_down_conversion(old: Mode, new: Mode) -> bool {
 /// What the holder of a lock granted in `granted`, converting to `requested`, may rely on
 /// while the conversion is pending: a conversion down gives the old mode up at the request; a
 /// conversion up keeps it until the grant; a conversion neither up nor down (CW to PR, PR to
-/// CW) keeps only what both modes allow (CR), since the master may grant the new mode, and
-/// others beside it, before the owner hears of it.
+/// CW, which the core refuses) could keep only what both modes allow (CR), since the master
+/// may grant the new mode, and others beside it, before the owner hears of it.
 pub fn relied_on(granted: Mode, requested: Option<Mode>) -> Mode {
     match requested {
         None => granted,
@@ -163,7 +163,7 @@ impl Queues {
             }
         }
         if is_down_conversion(old, mode)
-            || (self.compatible_with_holders(id, mode) && !(flags.quecvt && !self.converting.is_empty()))
+            || ((self.converting.is_empty() || !flags.quecvt) && self.compatible_with_holders(id, mode))
         {
             let l = &mut self.granted[i];
             l.granted = Some(mode);

@@ -154,6 +154,8 @@ pub enum DlmError {
     Busy { lock: LockId, state: &'static str, what: &'static str },
     #[error("lock {0} is not granted yet: it cannot be converted")]
     NotGranted(LockId),
+    #[error("a conversion from {from} to {to} is neither up nor down: convert down to cr first, then up")]
+    Sideways { from: Mode, to: Mode },
     #[error("this node is not a member of the lock manager (not joined, or leaving)")]
     NotMember,
     #[error("too many locks on this node (at most {0})")]
