@@ -22,9 +22,18 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
     let mut warnings = Vec::new();
     let table: Vec<Option<NodeEntry>> =
         copies.iter().map(|c| read_copies(c, |e| e.seq, "node table entry", &mut warnings)).collect();
+    let mut updating = false;
     for entry in table.iter().flatten().filter(|e| e.present) {
+        if entry.node == node && entry.name == a.name {
+            // The same node again: its address and eligibility are updated.
+            updating = true;
+            continue;
+        }
         if entry.node == node {
-            return fail(format!("node {node} already exists (name {}); remove it first", entry.name));
+            return fail(format!(
+                "node {node} already exists with the name {} (to change its address or eligibility, give that name; to rename it, remove it first)",
+                entry.name
+            ));
         }
         if entry.name == a.name {
             return fail(format!("name {} is already used by node {}", a.name, entry.node));
@@ -49,7 +58,10 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
     db.write_node_entry(&entry)?;
     db.bump_table_generation(unix_ms())?;
     let role = if entry.master_eligible { "master-eligible" } else { "not master-eligible" };
-    println!("added node {node} ({}), {role}", entry.name);
+    let verb = if updating { "updated" } else { "added" };
+    let address =
+        if entry.address.is_empty() { "no address".to_string() } else { format!("address {}", entry.address) };
+    println!("{verb} node {node} ({}), {role}, {address}", entry.name);
     Ok(exit::OK)
 }
 
