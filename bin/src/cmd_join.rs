@@ -183,7 +183,7 @@ pub fn run(a: JoinArgs) -> CmdResult {
     };
     let log_prefix = prefix.clone();
     let dlm_log: dlm::driver::LogFn =
-        Arc::new(move |what: &str| log_line(&format!("{} {log_prefix} dlm: {what}", utc(unix_ms()))));
+        Arc::new(move |what: &str| log_line(&format!("{} {log_prefix} {what}", utc(unix_ms()))));
     let dlm_node = DlmNode::start(dlm_config, dlm_layer, address_book(a.disk.clone()), dlm_log.clone())?;
     // MERGE: feed dlm_node.reachable() to MemberCore::set_reachable.
     let run_dir = create_cluster_dir(&sb.cluster_uuid)?;

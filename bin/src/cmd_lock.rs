@@ -95,7 +95,7 @@ pub fn run(a: LockArgs) -> CmdResult {
     let res = ResName::new(&a.lockspace, a.name.as_bytes())?;
     let timeout_ms = match a.timeout {
         None => None,
-        Some(t) if t.is_finite() && t >= 0.0 && t <= 1e9 => Some((t * 1000.0) as u64),
+        Some(t) if (0.0..=1e9).contains(&t) => Some((t * 1000.0) as u64),
         Some(t) => return fail(format!("--timeout {t}: give a number of seconds")),
     };
     let (node, path) = socket_of(&a.daemon)?;

@@ -210,7 +210,7 @@ impl Driver {
     }
 
     fn say(&self, line: &str) {
-        (self.log)(line)
+        (self.log)(&format!("dlm: {line}"))
     }
 
     fn run(&mut self, notes: Receiver<Notification>, requests: Receiver<Request>, stop: Receiver<()>) {
@@ -263,7 +263,8 @@ impl Driver {
     // ---- inputs ----
 
     fn on_notification(&mut self, n: Notification) {
-        self.say(&notification_line(&n, BARRIERS));
+        // As the rehearsal layers log theirs (the membership tests read these lines).
+        (self.log)(&notification_line(&n, BARRIERS));
         let Some(mut barrier) = barrier_of(&n, self.config.order) else {
             // Not a barrier of this layer (a bug elsewhere): answer, so the cluster goes on.
             self.say(&format!("notification at position {:?} is not a DLM barrier; acknowledged", n.position));

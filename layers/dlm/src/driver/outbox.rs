@@ -25,7 +25,7 @@ impl Outbox {
     /// Adds `frame` for `to`. Returns a payload to send first when the batch for `to` was too
     /// full to take it.
     pub fn push(&mut self, to: NodeId, frame: &Frame) -> Option<(NodeId, Vec<u8>)> {
-        let batch = self.batches.entry(to).or_insert_with(Batch::new);
+        let batch = self.batches.entry(to).or_default();
         let mut flushed = None;
         if !batch.is_empty() && batch.len_bytes() + 2 + FRAME_BYTES_MAX > BATCH_BYTES_MAX {
             flushed = Some((to, std::mem::replace(batch, Batch::new()).into_bytes()));
