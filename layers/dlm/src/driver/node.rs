@@ -524,3 +524,123 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{ClientError, DlmEvent};
+    use crate::types::{Flags, LockError, ResName};
+    use crate::Mode;
+    use manager::api::Registry;
+    use manager::participant::ViewMember;
+    use membership_db::format::{Barriers, MemberState, Position, TransitionKind};
+
+    const DLM: u32 = 10;
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    struct TestNode {
+        registry: Registry,
+        node: DlmNode,
+    }
+
+    fn start(id: u16, ports: &BTreeMap<u16, u16>) -> TestNode {
+        let mut registry = Registry::new();
+        let sub = registry.register(DLM, "dlm", Barriers { join: 3, leave: 3, forced_leave: 3 }).unwrap();
+        let config = DlmConfig {
+            node: NodeId(id),
+            order: DLM,
+            cluster_uuid: [7; 16],
+            cluster_key: [9; 32],
+            listen: format!("127.0.0.1:{}", ports[&id]).parse().unwrap(),
+            keepalive_ms: 50,
+            link_timeout_ms: 2000,
+        };
+        let book = ports.clone();
+        let addresses: AddressBook = Box::new(move |n| book.get(&n.0).map(|p| format!("127.0.0.1:{p}")));
+        let node = DlmNode::start(config, sub, addresses, Arc::new(|_: &str| {})).unwrap();
+        TestNode { registry, node }
+    }
+
+    /// Takes `subject`'s join through the DLM's three barriers on every node of `nodes`,
+    /// each barrier cluster-wide (every node acknowledges before the next).
+    fn join(nodes: &[&TestNode], subject: u16, joined: &[u16]) {
+        for barrier in 0..3u8 {
+            let mut view: Vec<ViewMember> = joined
+                .iter()
+                .map(|&n| ViewMember { node: NodeId(n), state: MemberState::Joined, incarnation: 1, transition: None })
+                .collect();
+            view.push(ViewMember {
+                node: NodeId(subject),
+                state: MemberState::Joining,
+                incarnation: 1,
+                transition: Some((TransitionKind::Join, Position { order: DLM, barrier })),
+            });
+            let n = Notification {
+                transition: subject as u64,
+                subject: NodeId(subject),
+                subject_incarnation: 1,
+                kind: TransitionKind::Join,
+                position: Position { order: DLM, barrier },
+                layer: "dlm".into(),
+                view,
+            };
+            for t in nodes {
+                assert!(t.registry.deliver(n.clone()));
+            }
+            for t in nodes {
+                let began = Instant::now();
+                let reply = loop {
+                    if let Some(r) = t.registry.try_reply() {
+                        break r;
+                    }
+                    assert!(began.elapsed() < WAIT, "no acknowledgement of barrier {barrier} of node {subject}'s join");
+                    std::thread::sleep(Duration::from_millis(2));
+                };
+                assert_eq!((reply.key, reply.nack), (n.key(), false));
+            }
+        }
+    }
+
+    #[test]
+    fn two_nodes_contend_for_a_lock_across_the_interconnect() {
+        let ports: BTreeMap<u16, u16> = [(1, free_port()), (2, free_port())].into();
+        let (one, two) = (start(1, &ports), start(2, &ports));
+        join(&[&one], 1, &[]);
+        join(&[&one, &two], 2, &[1]);
+        let res = ResName::new("default", b"r").unwrap();
+        let a = one.node.dlm().client();
+        let (lock_a, grant) = a.lock(res.clone(), Mode::Ex, Flags::default()).unwrap();
+        assert_eq!(grant.mode, Mode::Ex);
+
+        let b = two.node.dlm().client();
+        match b.lock(res.clone(), Mode::Pr, Flags::NOQUEUE) {
+            Err(ClientError::Lock { error: LockError::WouldBlock, .. }) => {}
+            other => panic!("node 2 got {other:?} while node 1 holds EX"),
+        }
+        // A waiting request from node 2: node 1's client hears a blocking callback.
+        let waiter = std::thread::spawn(move || {
+            let r = b.lock(res, Mode::Pr, Flags { timeout_ms: Some(20_000), ..Flags::default() });
+            (b, r)
+        });
+        let event = a.events().unwrap().recv_timeout(WAIT).expect("a blocking callback");
+        assert_eq!(event, DlmEvent::Blocking { lock: lock_a, wanted: Mode::Pr });
+        // Dropping the holder releases its lock: node 2's request is granted.
+        drop(a);
+        let (b, r) = waiter.join().unwrap();
+        assert_eq!(r.unwrap().1.mode, Mode::Pr);
+        let snap = two.node.dlm().snapshot().unwrap();
+        assert_eq!(snap.members.len(), 2);
+        assert_eq!(snap.locks.len(), 1);
+        assert!(one.node.reachable().contains(&NodeId(2)) || two.node.reachable().contains(&NodeId(1)));
+        drop(b);
+        // After shutdown, clients are told the lock manager stopped.
+        let c = two.node.dlm().client();
+        two.node.shutdown();
+        let res = ResName::new("default", b"s").unwrap();
+        assert_eq!(c.lock(res, Mode::Ex, Flags::default()).unwrap_err(), ClientError::Stopped);
+    }
+}
