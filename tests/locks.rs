@@ -250,3 +250,28 @@ fn a_client_killed_while_holding_a_lock_releases_it_and_a_dead_daemon_kills_the_
     // SAFETY: signal 0 only asks whether the pid exists.
     c.wait_until(DEADLINE, "the command was killed", || unsafe { libc::kill(pid, 0) } != 0);
 }
+
+/// Regression of the daemon's inputs: a node without an interconnect address, a rehearsal
+/// layer at the lock manager's order and `sdc lock` with no daemon are one clear line each.
+#[test]
+fn join_without_an_address_and_lock_without_a_daemon_are_refused_in_one_line() {
+    let c = Cluster::new(1);
+    let d = c.disk_str().to_string();
+    assert_ok(&c.sdc_raw(&["node", "add", "--disk", &d, "--node", "2", "--name", "n2"]));
+    let out = c.sdc_raw(&["join", "--disk", &d, "--node", "2"]);
+    assert_error(&out, 1, &["no interconnect address", "sdc node add --node 2 --name NAME --address HOST[:PORT]"]);
+    // `node add` under the same name sets the address.
+    let out = c.sdc_raw(&["node", "add", "--disk", &d, "--node", "2", "--name", "n2", "--address", "127.0.0.1:1"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("updated node 2"), "{}", describe(&out));
+    let list = json_of(&c.sdc_raw(&["node", "list", "--disk", &d, "--json"]));
+    assert_eq!(list["nodes"][1]["address"], "127.0.0.1:1", "{list:#}");
+    let out = c.sdc_raw(&["join", "--disk", &d, "--node", "1", "--layer", "mine:10"]);
+    assert_error(&out, 1, &["order 10", "lock manager"]);
+    let out = c.sdc_raw(&["lock", "--disk", &d, "--nowait", "x", "--", "true"]);
+    assert_error(&out, 1, &["no daemon"]);
+    let out = c.sdc_raw(&["lock", "--disk", &d, "--node", "1", "x", "--", "true"]);
+    assert_error(&out, 1, &["no daemon of node 1"]);
+    let out = c.sdc_raw(&["locks", "--disk", &d, "--node", "1"]);
+    assert_error(&out, 1, &["no daemon of node 1"]);
+}
