@@ -243,7 +243,7 @@ pub struct NodeAddArgs {
     pub no_master_eligible: bool,
     /// The node's interconnect endpoint, HOST[:PORT] (default port 7711): its lock manager
     /// listens there and the other nodes dial it. `sdc join` needs one. Adding an existing node
-    /// again under its name updates its address and eligibility.
+    /// again under its name updates its address (kept when not given) and eligibility.
     #[arg(long, value_name = "HOST[:PORT]", default_value = "")]
     pub address: String,
 }

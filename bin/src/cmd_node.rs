@@ -49,7 +49,11 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
         present: true,
         master_eligible: !a.no_master_eligible,
         name: a.name.clone(),
-        address: a.address.clone(),
+        // Re-adding a node (to update it, or to repair its entry) keeps its address unless given.
+        address: match previous {
+            Some(p) if a.address.is_empty() && p.present => p.address.clone(),
+            _ => a.address.clone(),
+        },
         updated_unix_ms: unix_ms(),
         // The count goes on from the removed entry's: a daemon compares it with the count it
         // honoured, which must never look ahead of it.
