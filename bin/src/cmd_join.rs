@@ -4,7 +4,7 @@ use crate::cli::{DiskArgs, JoinArgs};
 use crate::signals;
 use crate::util::{log_line, node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
-use dlm::driver::control::{create_cluster_dir, ControlError, ControlServer};
+use dlm::driver::control::{create_cluster_dir, socket_name, ControlError, ControlServer};
 use dlm::driver::{DlmConfig, DlmNode};
 use manager::api::{Registry, Subsystem};
 use manager::daemon::own_records;
@@ -127,13 +127,13 @@ pub fn run(a: JoinArgs) -> CmdResult {
         Some(e) if e.present => e,
         Some(_) if !warnings.is_empty() => {
             return fail(format!(
-                "node {node} is not in the node table as its older copy reads ({}); re-add it with `sdc node add --node {node} --name NAME`",
+                "node {node} is not in the node table as its older copy reads ({}); re-add it with `sdc node add --node {node} --name NAME --address HOST[:PORT]`",
                 warnings[0].text
             ))
         }
         Some(_) => {
             return fail(format!(
-                "node {node} is not in the node table; add it with `sdc node add --node {node} --name NAME`"
+                "node {node} is not in the node table; add it with `sdc node add --node {node} --name NAME --address HOST[:PORT]`"
             ))
         }
         None => return fail(format!("the node table entry of node {node} is unreadable: {}", warnings[0].text)),
@@ -159,6 +159,15 @@ pub fn run(a: JoinArgs) -> CmdResult {
     }
     if let Err(bad) = &stamp {
         say(&format!("warning: {bad}; node table changes are polled until an admin command rewrites it"));
+    }
+    // A second daemon of this node on this host: say so before its port or socket clash.
+    let run_dir = create_cluster_dir(&sb.cluster_uuid)?;
+    let socket = run_dir.join(socket_name(node.0));
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(Failure {
+            status: exit::ALREADY_RUNNING,
+            message: format!("node {node} is already running on this host (its daemon serves {})", socket.display()),
+        });
     }
     let listen = listen_address(node, &entry.address)?;
     let mut registry = Registry::new();
@@ -186,7 +195,6 @@ pub fn run(a: JoinArgs) -> CmdResult {
         Arc::new(move |what: &str| log_line(&format!("{} {log_prefix} {what}", utc(unix_ms()))));
     let dlm_node = DlmNode::start(dlm_config, dlm_layer, address_book(a.disk.clone()), dlm_log.clone())?;
     // MERGE: feed dlm_node.reachable() to MemberCore::set_reachable.
-    let run_dir = create_cluster_dir(&sb.cluster_uuid)?;
     let control = ControlServer::start(&run_dir, node.0, dlm_node.dlm(), dlm_log).map_err(|e| match e {
         ControlError::InUse { .. } => Failure { status: exit::ALREADY_RUNNING, message: e.to_string() },
         e => Failure::from(e),

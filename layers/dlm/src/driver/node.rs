@@ -198,7 +198,9 @@ struct Driver {
     /// The newest incarnation of every node seen in a view.
     incarnations: BTreeMap<NodeId, u64>,
     addresses: AddressBook,
-    address_cache: BTreeMap<NodeId, String>,
+    /// Addresses read, with the incarnation they were read for: a restarted node is looked
+    /// up again (its address may have changed while it was down).
+    address_cache: BTreeMap<NodeId, (u64, String)>,
     log: LogFn,
     callbacks: Sender<Box<dyn FnOnce() + Send>>,
     epoch: Instant,
@@ -353,8 +355,8 @@ impl Driver {
         let mut peers = Vec::with_capacity(nodes.len());
         for node in nodes {
             let incarnation = self.incarnations.get(&node).copied().unwrap_or(0);
-            let endpoint = match self.address_cache.get(&node) {
-                Some(a) => a.clone(),
+            let endpoint = match self.address_cache.get(&node).filter(|(inc, _)| *inc == incarnation) {
+                Some((_, a)) => a.clone(),
                 None => {
                     let a = (self.addresses)(node).unwrap_or_default();
                     if a.is_empty() {
@@ -362,7 +364,7 @@ impl Driver {
                             "node {node} has no address in the node table: it cannot be dialled (set one with `sdc node add --node {node} --name NAME --address HOST[:PORT]`)"
                         ));
                     } else {
-                        self.address_cache.insert(node, a.clone());
+                        self.address_cache.insert(node, (incarnation, a.clone()));
                     }
                     a
                 }
