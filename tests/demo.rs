@@ -16,7 +16,7 @@ fn demo_runs_the_whole_story_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sdc demo failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     for step in [
-        "joined: DLM (2 barriers)",
+        "joined: DLM (3 barriers)",
         "leaves gracefully",
         "kill -9 node",
         "forced leave of node",

@@ -449,8 +449,10 @@ fn damaged_newest_node_table_copy_is_named_and_repaired_by_node_add() {
         assert!(line.contains(needle), "the join error should mention {needle:?}: {log}");
     }
 
-    // node add repairs it: it writes the damaged copy.
-    let out = c.sdc(&["node", "add", "--node", "2", "--name", "n2"]);
+    // node add repairs it: it writes the damaged copy (with an address: the older copy, of the
+    // node before it was added, has none).
+    let address = format!("127.0.0.1:{}", free_port());
+    let out = c.sdc(&["node", "add", "--node", "2", "--name", "n2", "--address", &address]);
     assert_ok(&out);
     let v = inspect_warn(&c);
     assert_eq!(corrupt_records(&v), vec![], "node add should rewrite the damaged copy at {off}");

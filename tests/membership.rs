@@ -1,8 +1,9 @@
-//! Multi-process tests of the membership manager: `sdc join` daemons with four rehearsal layers
-//! (`dlm:10:2/1/1`, `vdm:20`, `sfs:30`, `em:40`) on one disk, joining, leaving gracefully
+//! Multi-process tests of the membership manager: `sdc join` daemons with the real lock manager
+//! (`dlm`, order 10, three barriers per kind) and three rehearsal layers (`vdm:20`, `sfs:30`,
+//! `em:40`) on one disk, joining, leaving gracefully
 //! (`sdc leave`, SIGTERM, SIGINT), killed, frozen, restarted, and refused.
 //!
-//! The rehearsal layers log every notification on the daemon's stderr, one line each, stamped
+//! The lock manager and the rehearsal layers log every notification on the daemon's stderr, one line each, stamped
 //! with the UTC wall clock *before* the layer acknowledges it; the tests read those logs:
 //!
 //! * per node, the notifications of a transition arrive in the order of its kind (joins and
@@ -30,8 +31,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// The rehearsal layers every node registers.
-const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
+/// The rehearsal layers every node registers (besides the lock manager at order 10).
+const LAYERS: [&str; 3] = ["vdm:20", "sfs:30", "em:40"];
 
 // -------------------------------------------------------------------------------------------
 // Rehearsal-layer log lines
@@ -48,9 +49,9 @@ fn notes(log: &str) -> Vec<LayerNote> {
 /// The positions (layer, barrier, of) a transition of `kind` visits, in order.
 fn expected(kind: &str) -> Vec<(&'static str, u8, u8)> {
     match kind {
-        "join" => vec![("dlm", 1, 2), ("dlm", 2, 2), ("vdm", 1, 1), ("sfs", 1, 1), ("em", 1, 1)],
-        "leave" => vec![("em", 1, 1), ("sfs", 1, 1), ("vdm", 1, 1), ("dlm", 1, 1)],
-        "forced-leave" => vec![("dlm", 1, 1), ("vdm", 1, 1), ("sfs", 1, 1), ("em", 1, 1)],
+        "join" => vec![("dlm", 1, 3), ("dlm", 2, 3), ("dlm", 3, 3), ("vdm", 1, 1), ("sfs", 1, 1), ("em", 1, 1)],
+        "leave" => vec![("em", 1, 1), ("sfs", 1, 1), ("vdm", 1, 1), ("dlm", 1, 3), ("dlm", 2, 3), ("dlm", 3, 3)],
+        "forced-leave" => vec![("dlm", 1, 3), ("dlm", 2, 3), ("dlm", 3, 3), ("vdm", 1, 1), ("sfs", 1, 1), ("em", 1, 1)],
         _ => panic!("no such transition kind {kind}"),
     }
 }
@@ -417,7 +418,7 @@ fn nodes_join_bottom_up_through_every_layer_with_cluster_wide_barriers() {
         let log = mc.log(p);
         assert_eq!(log.matches("joined the cluster").count(), 1, "{log}");
         let joined_at = first_ts(&log, "joined the cluster").unwrap();
-        let (_, em_last) = mc.position_times("join", subject, 1)[4].unwrap();
+        let (_, em_last) = mc.position_times("join", subject, 1)[5].unwrap();
         assert!(
             em_last <= joined_at,
             "node {subject} joined at {joined_at} before em's last notification at {em_last}\n{}",
@@ -593,7 +594,7 @@ fn new_master_completes_a_join_in_flight_and_forces_the_old_one_out() {
 
     let p4 = mc.start(4);
     // The join's first position reaching node 4 means the join is in flight; kill at once.
-    let needle = "layer dlm: join of node 4 (incarnation 1), barrier 1 of 2";
+    let needle = "layer dlm: join of node 4 (incarnation 1), barrier 1 of 3";
     mc.wait_log_tight(p4, needle);
     mc.kill9(pm);
     let killed_at = unix_ms();
@@ -714,7 +715,9 @@ fn two_nodes_joining_at_once_both_join() {
 ///
 /// The leave is asked for as the joining node starts running (just before it asks to join), so
 /// the two transitions start together, the leaving node takes part in the join, and the join
-/// (five positions) outlasts the leave (four).
+/// (five positions) outlasts the leave (four). Regression (issue 8): the joining node was not a
+/// participant of the leave, never saw its DLM barriers, and the survivors' DLM rebuild waited
+/// for it forever; a joining node now takes part in every transition in flight.
 #[test]
 fn a_leave_and_a_join_at_once_both_complete() {
     let mc = Mc::new(4);

@@ -144,6 +144,7 @@ impl Cluster {
         ])?;
         for node in 1..=NODES {
             let (id, name) = (node.to_string(), format!("n{node}"));
+            let address = format!("127.0.0.1:{}", free_port()?);
             sdc([
                 OsStr::new("node"),
                 OsStr::new("add"),
@@ -153,6 +154,8 @@ impl Cluster {
                 OsStr::new(&id),
                 OsStr::new("--name"),
                 OsStr::new(&name),
+                OsStr::new("--address"),
+                OsStr::new(&address),
             ])?;
         }
         for node in 1..=NODES {
@@ -428,4 +431,9 @@ fn main() {
         eprintln!("{failures} trial(s) could not be run; see above");
         std::process::exit(1);
     }
+}
+
+/// A free loopback port for a node's interconnect address.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

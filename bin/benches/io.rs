@@ -59,7 +59,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Registered by every daemon (`--layer NAME:ORDER[:JOIN/LEAVE/FORCED]`).
-const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
+const LAYERS: [&str; 3] = ["vdm:20", "sfs:30", "em:40"];
 const MAX_NODES: u16 = 256;
 const DISK_BYTES: u64 = 64 << 20;
 /// How long the bench reads the cluster state between looks (each look is one 512 KiB read of

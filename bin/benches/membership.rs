@@ -68,7 +68,7 @@ const SDC: &str = env!("CARGO_BIN_EXE_sdc");
 /// The one timing profile: heartbeat 50 ms, dead 600 ms, fence 300 ms.
 const TIMING: Timing = Timing { heartbeat_ms: 50, dead_ms: 600, fence_ms: 300 };
 /// Registered by every daemon; `NAME:ORDER[:JOIN/LEAVE/FORCED]` barriers.
-const LAYERS: [&str; 4] = ["dlm:10:2/2/1", "vdm:20", "sfs:30:2/1/1", "em:40"];
+const LAYERS: [&str; 3] = ["vdm:20", "sfs:30:2/1/1", "em:40"];
 const MAX_NODES: u16 = 32;
 /// Cluster size, iterations, time budget in seconds for the iterations (not the formation).
 /// Iterations rotate SIGTERM leave, `sdc leave`, kill -9, so each gets a third of them.
@@ -208,10 +208,12 @@ impl Cluster {
         ])?;
         for node in 1..=size {
             let (id, name) = (node.to_string(), format!("n{node}"));
+            let address = format!("127.0.0.1:{}", free_port()?);
             #[rustfmt::skip]
             sdc([
                 "node".as_ref(), "add".as_ref(), "--disk".as_ref(), d.as_os_str(),
                 "--node".as_ref(), id.as_ref(), "--name".as_ref(), name.as_ref(),
+                "--address".as_ref(), address.as_ref(),
             ])?;
         }
         c.db = Some(MembershipDb::open(open_disk(&c.disk, IoMode::Auto, false)?)?);
@@ -930,4 +932,9 @@ fn main() {
         eprintln!("{failed} cluster size(s) could not be measured completely; see above");
         std::process::exit(1);
     }
+}
+
+/// A free loopback port for a node's interconnect address.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

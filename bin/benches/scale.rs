@@ -48,7 +48,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Registered by every daemon (`--layer NAME:ORDER[:JOIN/LEAVE/FORCED]`).
-const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
+const LAYERS: [&str; 3] = ["vdm:20", "sfs:30", "em:40"];
 const MAX_NODES: u16 = 256;
 const DISK_BYTES: u64 = 64 << 20;
 const POLL: Duration = Duration::from_millis(20);

@@ -13,7 +13,59 @@ Exit status:
   4  join refused: a daemon already runs on that node
   5  join fenced itself: it lost the disk or was deposed as master
   6  join was forced out of the cluster by the other nodes
-  7  join was asked to stop and stopped without a graceful leave (no master could sequence it)";
+  7  join was asked to stop and stopped without a graceful leave (no master could sequence it)
+  8  lock: the lock was not granted (held elsewhere: at once with --nowait, or within --timeout)
+  9  lock: the lock was lost while CMD ran (the node's daemon stopped, was fenced or forced out);
+     CMD's process group was killed
+  Otherwise `sdc lock` exits with CMD's status (128 + N when CMD was killed by signal N).
+
+Control sockets: /run/sdc/<cluster-uuid>/node-<N>.sock (or $XDG_RUNTIME_DIR/sdc/..., /tmp/sdc-<uid>/...;
+$SDC_RUN_DIR overrides). Interconnect: each node listens on its node table address, HOST[:PORT],
+default port 7711.";
+
+/// How a command finds a running daemon: its disk and node.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The shared disk of the daemon's cluster.
+    #[arg(long, value_name = "PATH", env = "SDC_DISK")]
+    pub disk: PathBuf,
+    /// The node whose daemon to ask; default: the one daemon of that cluster running on this host.
+    #[arg(long, value_name = "ID", env = "SDC_NODE")]
+    pub node: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The lockspace (1 to 32 of letters, digits, '_', '.', '-').
+    #[arg(long, value_name = "LS", default_value = "default")]
+    pub lockspace: String,
+    /// The mode: ex (exclusive, the default), pw, pr (shared read), cw, cr or nl.
+    #[arg(long, value_name = "MODE", default_value = "ex")]
+    pub mode: String,
+    /// Fail at once (exit 8) if the lock is held in an incompatible mode.
+    #[arg(long)]
+    pub nowait: bool,
+    /// Give up waiting for the lock after this many seconds (exit 8).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "nowait")]
+    pub timeout: Option<f64>,
+    /// The resource name (1 to 64 bytes).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The command to run while holding the lock, after `--`.
+    #[arg(value_name = "CMD", last = true, required = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct LocksArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// sdc: a cluster of hosts that share one disk, behaving as one system.
 ///
@@ -79,6 +131,25 @@ temporary directory (kept with --keep). Every step must happen within 20 s.
 Exit status: 0 the demo ran to the end, 1 a step failed or did not happen in time (the message
 says which), 130 interrupted by Ctrl-C. The daemons are killed on every way out.")]
     Demo(DemoArgs),
+    /// Run a command while holding a cluster-wide lock (a cluster-wide flock(1)).
+    #[command(after_help = "\
+Asks the lock manager of the node's running daemon (through its control socket) for the lock
+LOCKSPACE/NAME in MODE, runs CMD once it is granted, releases the lock when CMD ends and exits
+with CMD's status. If the daemon's connection drops while CMD runs (the node was fenced, forced
+out or stopped: the lock is no longer held), CMD's process group gets SIGTERM, then SIGKILL 2 s
+later, and sdc lock exits 9. SIGINT and SIGTERM are passed on to CMD.
+Example:
+  sdc lock --disk /dev/sdb --node 1 nightly-backup -- /usr/local/bin/backup.sh
+Exit status: CMD's status; 1 error (no daemon, bad name or mode, CMD cannot be run); 8 the lock
+was not granted (at once with --nowait, or within --timeout); 9 the lock was lost while CMD ran.")]
+    Lock(LockArgs),
+    /// Show the lock table as one node's lock manager sees it (like dlm_tool lockdebug).
+    #[command(after_help = "\
+Shows the node's lock manager state (out, stopped or running), its members, the resources it
+masters with their granted, converting and waiting queues (owner node, lock id, modes) and
+value-block validity, and the locks of its own clients. Asks the node's running daemon
+through its control socket. Exit status: 0 shown, 1 error (no daemon running for the node).")]
+    Locks(LocksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +163,7 @@ pub enum NodeCommand {
     Remove(NodeRemoveArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DiskArgs {
     /// The shared disk: a block device or a regular file.
     #[arg(long, value_name = "PATH")]
@@ -176,8 +247,10 @@ pub struct NodeAddArgs {
     /// This node never becomes master.
     #[arg(long)]
     pub no_master_eligible: bool,
-    /// The node's interconnect endpoint: host[:port], where host is a host name, an IPv4
-    /// address or an [IPv6] address; port 1 to 65535, 7711 when left out.
+    /// The node's interconnect endpoint, HOST[:PORT]: a host name, an IPv4 address or an
+    /// [IPv6] address; port 1 to 65535, 7711 when left out. Its lock manager listens there and
+    /// the other nodes dial it; `sdc join` needs one. Adding an existing node again under its
+    /// name updates its address (kept when not given) and eligibility.
     #[arg(long, value_name = "HOST[:PORT]", default_value = "")]
     pub address: String,
 }

@@ -2,7 +2,7 @@
 //! timeline of what the membership manager does: three joins, a graceful leave, a kill -9 and
 //! its forced leave, a rejoin, the master's death and the new master, and a second rejoin.
 //!
-//! The daemons are child processes of this same binary (`sdc join` with four rehearsal layers),
+//! The daemons are child processes of this same binary (`sdc join`: the lock manager and three rehearsal layers),
 //! each logging to its own file in the temporary directory. The demo drives the scenario by
 //! reading the disk as `sdc status` does, and takes what the layers did, and when, from the
 //! daemons' logs, so the narration says what really happened. Every step has a deadline. Every
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Node names; node ids are 1 to 3.
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 /// The rehearsal layers every node registers, bottom-up.
-const LAYERS: [&str; 4] = ["dlm:10:2/1/1", "vdm:20", "sfs:30", "em:40"];
+const LAYERS: [&str; 3] = ["vdm:20", "sfs:30", "em:40"];
 const CLUSTER: &str = "demo";
 const DISK_SIZE: &str = "64MiB";
 /// fence >= 3 * heartbeat and fence + heartbeat + 100 < dead, as the format requires.
@@ -48,7 +48,7 @@ fn layer_title(name: &str) -> String {
     }
 }
 
-/// `DLM (2 barriers) → VDM → SFS → event manager`: the layers in the order notified, one
+/// `DLM (3 barriers) → VDM → SFS → event manager`: the layers in the order notified, one
 /// notification per barrier.
 fn render_steps(layers: &[String]) -> String {
     let mut groups: Vec<(&str, usize)> = Vec::new();
@@ -409,7 +409,12 @@ impl Demo {
             t.heartbeat_ms, t.dead_ms, t.fence_ms
         ));
         for node in 1..=3u16 {
-            let address = format!("127.0.0.{node}");
+            // A free loopback port each for the lock managers' interconnect.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Failure::from(format!("no free loopback port: {e}")))?
+                .port();
+            let address = format!("127.0.0.1:{port}");
             self.sdc(&[
                 "node",
                 "add",
@@ -425,8 +430,8 @@ impl Demo {
         }
         self.say("added node 1 (alpha), node 2 (bravo) and node 3 (charlie) to the node table");
         self.say(
-            "each node runs four rehearsal layers, bottom-up: DLM (order 10, 2 barriers to join), VDM (20), SFS (30), \
-             event manager (40); each logs every notification it gets",
+            "each node runs its lock manager (DLM, order 10, 3 barriers: stop, rebuild, resume) and three rehearsal \
+             layers above it, bottom-up: VDM (20), SFS (30), event manager (40); each logs every notification it gets",
         );
         Ok(())
     }
@@ -648,7 +653,8 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let dir = temp_dir()?;
     let mut demo = Demo {
         started: Instant::now(),
-        sdc: Sdc::new(exe),
+        // The daemons' control sockets live (and die) with the demo's directory.
+        sdc: Sdc::new(exe).with_env(dlm::driver::control::RUN_DIR_ENV, dir.join("run")),
         disk: dir.join("cluster.img"),
         dir,
         keep: a.keep,

@@ -1,19 +1,23 @@
 //! `sdc join`: the node daemon in the foreground.
 
-use crate::cli::JoinArgs;
+use crate::cli::{DiskArgs, JoinArgs};
 use crate::signals;
 use crate::util::{log_line, node_id, open_db, utc};
 use crate::{exit, fail, CmdResult, Failure};
+use dlm::driver::control::{create_cluster_dir, socket_name, ControlError, ControlServer};
+use dlm::driver::{DlmConfig, DlmNode};
 use manager::api::{Registry, Subsystem};
 use manager::daemon::own_records;
 use manager::member::{refusal_text_named, MemberEvent, MemberExit};
 use manager::participant::SelfState;
 use membership_db::daemon::fence_line;
 use membership_db::error::CorruptRecord;
-use membership_db::format::{newest, Barriers, HostName, NodeEntry, TableView};
+use membership_db::format::{newest, Barriers, HostName, NodeEntry, NodeId, NodeSet, TableView};
 use membership_db::node::{Exit, NodeConfig, Refusal};
 use membership_db::status::read_copies;
 use membership_db::time::unix_ms;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -70,8 +74,42 @@ fn run_rehearsal_layer(sub: Subsystem, prefix: String) {
     });
 }
 
+/// Resolves this node's `address` (HOST[:PORT]) into the address its interconnect listens on.
+fn listen_address(node: NodeId, address: &str) -> Result<SocketAddr, Failure> {
+    let set_it = format!("sdc node add --node {node} --name NAME --address HOST[:PORT]");
+    if address.trim().is_empty() {
+        return fail(format!(
+            "node {node} has no interconnect address in the node table; set one with `{set_it}` (default port {})",
+            interconnect::DEFAULT_PORT
+        ));
+    }
+    let (host, port) = interconnect::parse_endpoint(address)
+        .map_err(|e| Failure::from(format!("node {node}'s address {address:?}: {e}; fix it with `{set_it}`")))?;
+    let mut addrs = (host.as_str(), port).to_socket_addrs().map_err(|e| {
+        Failure::from(format!("node {node}'s address {address:?} does not resolve: {e}; fix it with `{set_it}`"))
+    })?;
+    addrs.next().ok_or_else(|| {
+        Failure::from(format!("node {node}'s address {address:?} resolves to nothing; fix it with `{set_it}`"))
+    })
+}
+
+/// The node table's address of each node, read from the disk when the lock manager asks.
+fn address_book(disk: DiskArgs) -> dlm::driver::AddressBook {
+    Box::new(move |node: NodeId| {
+        let db = open_db(&disk, false).ok()?;
+        let copies = db.read_node_entry_copies().ok()?;
+        let entry = newest(copies.get(node.index())?, |e| e.seq).ok()?;
+        (entry.present && !entry.address.is_empty()).then(|| entry.address.clone())
+    })
+}
+
 pub fn run(a: JoinArgs) -> CmdResult {
     let layer_specs = a.layers.iter().map(|s| parse_layer(s)).collect::<Result<Vec<_>, _>>()?;
+    if let Some((name, order, _)) = layer_specs.iter().find(|(_, order, _)| *order == manager::order::DLM) {
+        return fail(format!(
+            "--layer {name}:{order}: order {order} is the lock manager's (registered by every daemon); give the rehearsal layer another order"
+        ));
+    }
     let db = open_db(&a.disk, true)?;
     let node = node_id(&db, a.node)?;
     let copies = db.read_node_entry_copies()?;
@@ -81,13 +119,13 @@ pub fn run(a: JoinArgs) -> CmdResult {
         Some(e) if e.present => e,
         Some(_) if !warnings.is_empty() => {
             return fail(format!(
-                "node {node} is not in the node table as its older copy reads ({}); re-add it with `sdc node add --node {node} --name NAME`",
+                "node {node} is not in the node table as its older copy reads ({}); re-add it with `sdc node add --node {node} --name NAME --address HOST[:PORT]`",
                 warnings[0].text
             ))
         }
         Some(_) => {
             return fail(format!(
-                "node {node} is not in the node table; add it with `sdc node add --node {node} --name NAME`"
+                "node {node} is not in the node table; add it with `sdc node add --node {node} --name NAME --address HOST[:PORT]`"
             ))
         }
         None => return fail(format!("the node table entry of node {node} is unreadable: {}", warnings[0].text)),
@@ -115,11 +153,44 @@ pub fn run(a: JoinArgs) -> CmdResult {
     if let Err(bad) = &stamp {
         say(&format!("warning: {bad}; node table changes are polled until an admin command rewrites it"));
     }
+    // A second daemon of this node on this host: say so before its port or socket clash.
+    let run_dir = create_cluster_dir(&sb.cluster_uuid)?;
+    let socket = run_dir.join(socket_name(node.0));
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(Failure {
+            status: exit::ALREADY_RUNNING,
+            message: format!("node {node} is already running on this host (its daemon serves {})", socket.display()),
+        });
+    }
+    let listen = listen_address(node, &entry.address)?;
     let mut registry = Registry::new();
+    let dlm_layer = registry.register(
+        manager::order::DLM,
+        "dlm",
+        Barriers { join: dlm::BARRIERS, leave: dlm::BARRIERS, forced_leave: dlm::BARRIERS },
+    )?;
     for (name, order, barriers) in layer_specs {
         let sub = registry.register(order, &name, barriers)?;
         run_rehearsal_layer(sub, prefix.clone());
     }
+    let dlm_config = DlmConfig {
+        node,
+        order: manager::order::DLM,
+        cluster_uuid: sb.cluster_uuid,
+        cluster_key: sb.cluster_key,
+        listen,
+        keepalive_ms: (sb.timing.heartbeat_ms as u64).max(10),
+        link_timeout_ms: sb.link_timeout_ms as u64,
+    };
+    let log_prefix = prefix.clone();
+    let dlm_log: dlm::driver::LogFn =
+        Arc::new(move |what: &str| log_line(&format!("{} {log_prefix} {what}", utc(unix_ms()))));
+    let dlm_node = DlmNode::start(dlm_config, dlm_layer, address_book(a.disk.clone()), dlm_log.clone())?;
+    let control = ControlServer::start(&run_dir, node.0, dlm_node.dlm(), dlm_log).map_err(|e| match e {
+        ControlError::InUse { .. } => Failure { status: exit::ALREADY_RUNNING, message: e.to_string() },
+        e => Failure::from(e),
+    })?;
+    say(&format!("lock manager: interconnect on {listen}, control socket {}", control.path().display()));
     signals::install_daemon_handlers(&prefix)?;
     say(&format!(
         "starting on {} (heartbeat {} ms, dead {} ms, fence {} ms; {} layer(s) registered)",
@@ -129,12 +200,19 @@ pub fn run(a: JoinArgs) -> CmdResult {
         sb.timing.fence_ms,
         registry.specs().len()
     ));
-    let exit = manager::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &mut |event| {
+    // What the interconnect reaches goes into the heartbeat, for the master to arbitrate.
+    let reachable = || dlm_node.reachable().map(|peers| NodeSet::of(&peers));
+    let exit = manager::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &reachable, &mut |event| {
         // A refused join is said once, in the final error line (which names the layer).
         if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
             say(&event.to_string())
         }
-    })?;
+    });
+    // Whatever the end, the control socket closes first: a client holding a lock (`sdc lock`)
+    // sees its connection drop, and stops what the lock protected, before this process goes.
+    control.shutdown();
+    dlm_node.shutdown();
+    let exit = exit?;
     let specs = registry.specs();
     let layer_name = |order: u32| specs.iter().find(|l| l.order == order).map(|l| l.name.as_str());
     match exit {

@@ -22,9 +22,18 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
     let mut warnings = Vec::new();
     let table: Vec<Option<NodeEntry>> =
         copies.iter().map(|c| read_copies(c, |e| e.seq, "node table entry", &mut warnings)).collect();
+    let mut updating = false;
     for entry in table.iter().flatten().filter(|e| e.present) {
+        if entry.node == node && entry.name == a.name {
+            // The same node again: its address and eligibility are updated.
+            updating = true;
+            continue;
+        }
         if entry.node == node {
-            return fail(format!("node {node} already exists (name {}); remove it first", entry.name));
+            return fail(format!(
+                "node {node} already exists with the name {} (to change its address or eligibility, give that name; to rename it, remove it first)",
+                entry.name
+            ));
         }
         if entry.name == a.name {
             return fail(format!("name {} is already used by node {}", a.name, entry.node));
@@ -40,7 +49,11 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
         present: true,
         master_eligible: !a.no_master_eligible,
         name: a.name.clone(),
-        address: a.address.clone(),
+        // Re-adding a node (to update it, or to repair its entry) keeps its address unless given.
+        address: match previous {
+            Some(p) if a.address.is_empty() && p.present => p.address.clone(),
+            _ => a.address.clone(),
+        },
         updated_unix_ms: unix_ms(),
         // The count goes on from the removed entry's: a daemon compares it with the count it
         // honoured, which must never look ahead of it.
@@ -49,7 +62,10 @@ pub fn add(a: NodeAddArgs) -> CmdResult {
     db.write_node_entry(&entry)?;
     db.bump_table_generation(unix_ms())?;
     let role = if entry.master_eligible { "master-eligible" } else { "not master-eligible" };
-    println!("added node {node} ({}), {role}", entry.name);
+    let verb = if updating { "updated" } else { "added" };
+    let address =
+        if entry.address.is_empty() { "no address".to_string() } else { format!("address {}", entry.address) };
+    println!("{verb} node {node} ({}), {role}, {address}", entry.name);
     Ok(exit::OK)
 }
 

@@ -9,6 +9,7 @@ mod cmd_format;
 mod cmd_inspect;
 mod cmd_join;
 mod cmd_leave;
+mod cmd_lock;
 mod cmd_node;
 mod cmd_sim;
 mod cmd_status;
@@ -35,6 +36,11 @@ pub mod exit {
     /// `join` was asked to stop and stopped without a graceful leave: no master could sequence
     /// it in time (or a second SIGTERM asked for a stop at once). The others force it out.
     pub const STOPPED_WITHOUT_LEAVE: i32 = 7;
+    /// `lock`: the lock was not granted (at once with --nowait, or within --timeout).
+    pub const LOCK_NOT_GRANTED: i32 = 8;
+    /// `lock`: the lock was lost while CMD ran (the daemon's connection dropped); CMD's process
+    /// group was killed.
+    pub const LOCK_LOST: i32 = 9;
 }
 
 /// A failure with the exit status it maps to.
@@ -90,7 +96,8 @@ fn main() {
     // Reading commands behave like other Unix tools when their reader goes away (`| head`):
     // SIGPIPE ends them quietly. The daemon keeps ignoring it: a closed log pipe must not kill
     // a node without fencing (its writes to stderr then just fail).
-    if !matches!(cli.command, cli::Command::Join(_)) {
+    // `sdc lock` too: its daemon's socket may close under it, which it must notice, not die of.
+    if !matches!(cli.command, cli::Command::Join(_) | cli::Command::Lock(_)) {
         // SAFETY: restoring the default disposition of one signal before any thread starts.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -111,6 +118,8 @@ fn main() {
         cli::Command::Sim(a) => cmd_sim::run(a),
         cli::Command::Status(a) => cmd_status::run(a),
         cli::Command::Demo(a) => cmd_demo::run(a),
+        cli::Command::Lock(a) => cmd_lock::run(a),
+        cli::Command::Locks(a) => cmd_lock::show(a),
     };
     match result {
         Ok(status) => std::process::exit(status),

@@ -47,6 +47,7 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Sdc {
     exe: PathBuf,
     backtraces: bool,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 /// Why a command could not be run to completion, or a daemon started; one line each.
@@ -80,13 +81,19 @@ impl std::error::Error for Error {}
 
 impl Sdc {
     pub fn new(exe: impl Into<PathBuf>) -> Sdc {
-        Sdc { exe: exe.into(), backtraces: false }
+        Sdc { exe: exe.into(), backtraces: false, envs: Vec::new() }
     }
 
     /// Children run with `RUST_BACKTRACE=1` and without `RUST_LOG`: for tests, where a panic
     /// must show in full. Otherwise they inherit the environment as it is.
     pub fn with_backtraces(mut self) -> Sdc {
         self.backtraces = true;
+        self
+    }
+
+    /// Children run with `key=value` in their environment (e.g. `SDC_RUN_DIR`, per test).
+    pub fn with_env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Sdc {
+        self.envs.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -106,6 +113,7 @@ impl Sdc {
         if self.backtraces {
             cmd.env("RUST_BACKTRACE", "1").env_remove("RUST_LOG");
         }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.process_group(0);
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

@@ -13,7 +13,8 @@
 #![allow(dead_code)]
 
 pub use sdc_procs::procs::exit_text;
-use sdc_procs::procs::{log_text, Daemon, Sdc};
+pub use sdc_procs::procs::Daemon;
+use sdc_procs::procs::{log_text, Sdc};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
@@ -61,6 +62,15 @@ pub const DISK_SIZE: &str = "8MiB";
 /// The binary under test; a panic in it shows in full.
 fn bin() -> Sdc {
     Sdc::new(SDC).with_backtraces()
+}
+
+/// A free loopback port for a node's interconnect (bound and released: another process could
+/// take it in between, which no test here does on purpose).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Runs `sdc ARGS` to completion (within [`COMMAND_DEADLINE`]) and returns its output.
@@ -295,6 +305,8 @@ impl ClusterSpec {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub disk: PathBuf,
+    /// The daemons' control sockets go here (`SDC_RUN_DIR`).
+    pub run_dir: PathBuf,
     daemons: RefCell<Vec<NodeDaemon>>,
 }
 
@@ -350,10 +362,12 @@ impl Cluster {
             args.push("--force".into());
         }
         assert_ok(&sdc(&args));
-        let cluster = Cluster { dir, disk, daemons: RefCell::new(Vec::new()) };
+        let run_dir = dir.path().join("run");
+        let cluster = Cluster { dir, disk, run_dir, daemons: RefCell::new(Vec::new()) };
         for (id, name, eligible) in &spec.nodes {
             let id = id.to_string();
-            let mut a = vec!["node", "add", "--node", &id, "--name", name];
+            let address = format!("127.0.0.1:{}", free_port());
+            let mut a = vec!["node", "add", "--node", &id, "--name", name, "--address", &address];
             if !eligible {
                 a.push("--no-master-eligible");
             }
@@ -366,11 +380,27 @@ impl Cluster {
         self.disk.to_str().expect("UTF-8 path")
     }
 
+    /// The binary, with this cluster's run directory.
+    pub fn bin(&self) -> Sdc {
+        bin().with_env("SDC_RUN_DIR", &self.run_dir)
+    }
+
     /// Runs `sdc ARGS --disk DISK`.
     pub fn sdc(&self, args: &[&str]) -> Output {
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--disk", self.disk_str()]);
-        sdc(&a)
+        self.sdc_raw(&a)
+    }
+
+    /// Runs `sdc ARGS` as given, with this cluster's run directory.
+    #[track_caller]
+    pub fn sdc_raw(&self, args: &[&str]) -> Output {
+        self.bin().run(args, Instant::now() + COMMAND_DEADLINE).unwrap_or_else(|e| panic!("sdc {args:?}: {e}"))
+    }
+
+    /// Starts `sdc ARGS` in the background (its output in `log`), killed when dropped.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> Daemon {
+        self.bin().spawn(args, log).unwrap_or_else(|e| panic!("sdc {args:?}: {e}"))
     }
 
     /// `sdc status --json`, which must succeed and report no corrupt record.
@@ -448,7 +478,7 @@ impl Cluster {
         args.extend(extra);
         // The daemon dies with the thread that spawned it (PR_SET_PDEATHSIG), should the test
         // process die without running Drop.
-        let daemon = bin().spawn(&args, &log).unwrap_or_else(|e| panic!("sdc join --node {node}: {e}"));
+        let daemon = self.bin().spawn(&args, &log).unwrap_or_else(|e| panic!("sdc join --node {node}: {e}"));
         daemons.push(NodeDaemon { node, daemon });
         Proc(daemons.len() - 1)
     }

@@ -455,10 +455,12 @@ impl Cluster {
         for node in 1..=c.spec.table {
             check_interrupted()?;
             let (id, name) = (node.to_string(), format!("n{node}"));
+            let address = format!("127.0.0.1:{}", free_port()?);
             #[rustfmt::skip]
             sdc([
                 OsStr::new("node"), "add".as_ref(), "--disk".as_ref(), d.as_os_str(), "--io".as_ref(),
                 c.io().as_ref(), "--node".as_ref(), id.as_ref(), "--name".as_ref(), name.as_ref(),
+                "--address".as_ref(), address.as_ref(),
             ])?;
         }
         let mode = if c.spec.disk == DiskKind::DirectLoop { IoMode::Direct } else { IoMode::Mmap };
@@ -899,4 +901,9 @@ impl LogKinds {
     pub fn count(&self, kind: &str) -> usize {
         self.kinds.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n)
     }
+}
+
+/// A free loopback port for a node's interconnect address.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod driver;
 pub mod mode;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;

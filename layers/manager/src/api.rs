@@ -73,6 +73,30 @@ impl Subsystem {
         // The daemon may be gone; then nobody waits for the answer.
         let _ = self.replies.send(Reply { order: self.spec.order, key: n.key(), nack });
     }
+    /// The answering end alone, for a subsystem that receives its notifications on one thread
+    /// and answers them on another.
+    pub fn responder(&self) -> Responder {
+        Responder { order: self.spec.order, replies: self.replies.clone() }
+    }
+}
+
+/// Answers a registered subsystem's notifications ([`Subsystem::responder`]); cloneable and
+/// `Send`, so the thread that acts on a notification can answer it.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    order: u32,
+    replies: SyncSender<Reply>,
+}
+
+impl Responder {
+    /// [`Subsystem::ack`].
+    pub fn ack(&self, n: &Notification) {
+        let _ = self.replies.send(Reply { order: self.order, key: n.key(), nack: false });
+    }
+    /// [`Subsystem::nack`].
+    pub fn nack(&self, n: &Notification) {
+        let _ = self.replies.send(Reply { order: self.order, key: n.key(), nack: true });
+    }
 }
 
 /// The daemon's end: the registered layers, their notification queues, and the replies.

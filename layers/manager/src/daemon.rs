@@ -9,7 +9,7 @@ use crate::member::{Action, Completion, MemberCore, MemberEvent, MemberExit, Own
 use membership_db::daemon::{perform, FenceWatchdog, POLL_SLEEP_MS_MAX};
 use membership_db::db::MembershipDb;
 use membership_db::error::DbError;
-use membership_db::format::{Copies, Millis, NodeId};
+use membership_db::format::{Copies, Millis, NodeId, NodeSet};
 use membership_db::node::{IoFailure, NodeConfig};
 use membership_db::time::{monotonic_ms, unix_ms};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,6 +92,7 @@ pub fn run(
     own: OwnRecords,
     stops: &AtomicUsize,
     prefix: &str,
+    reachable: &dyn Fn() -> Option<NodeSet>,
     log: &mut dyn FnMut(&MemberEvent),
 ) -> Result<MemberExit, DbError> {
     let check_ms = (config.timing.heartbeat_ms as Millis / 4).clamp(1, 25);
@@ -113,6 +114,7 @@ pub fn run(
         while let Some(reply) = registry.try_reply() {
             core.handle_reply(reply.key, reply.nack);
         }
+        core.set_reachable(monotonic_ms(), reachable());
         for _ in 0..ACTIONS_PER_LOOP_MAX {
             let Some(action) = core.poll_action(monotonic_ms()) else { break };
             let completion = perform_member(db, action, unix_ms());
@@ -280,7 +282,7 @@ mod tests {
         let db = MembershipDb::open(Box::new(disk)).unwrap();
         let config = test_config(2);
         let stops = AtomicUsize::new(0);
-        let exit = run(&db, config, &Registry::new(), OwnRecords::default(), &stops, "child", &mut |e| {
+        let exit = run(&db, config, &Registry::new(), OwnRecords::default(), &stops, "child", &|| None, &mut |e| {
             eprintln!("child: {e:?}")
         });
         // Unreachable when the watchdog works: the main thread is stuck in write_at.
@@ -352,7 +354,7 @@ mod tests {
         let stops = Arc::new(AtomicUsize::new(0));
         let (s, f) = (stops.clone(), failed_writes.clone());
         let daemon = std::thread::spawn(move || {
-            let exit = run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &mut |_| {});
+            let exit = run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &|| None, &mut |_| {});
             (exit.map_err(|e| e.to_string()), f.load(Ordering::SeqCst))
         });
         // Two seconds of failing writes: a back-off, not a spin.
