@@ -18,6 +18,7 @@ use membership_db::status::read_copies;
 use membership_db::time::unix_ms;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -202,15 +203,25 @@ pub fn run(a: JoinArgs) -> CmdResult {
     ));
     // What the interconnect reaches goes into the heartbeat, for the master to arbitrate.
     let reachable = || dlm_node.reachable().map(|peers| NodeSet::of(&peers));
-    let exit = manager::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &reachable, &mut |event| {
-        // A refused join is said once, in the final error line (which names the layer).
-        if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
-            say(&event.to_string())
-        }
-    });
+    // Forced out: the lock holders go first (their connections close, `sdc lock` kills its
+    // command), and the heartbeat says fenced only once they are gone.
+    let mut control = Some(control);
+    let fence_wait = Duration::from_millis(sb.timing.fence_ms as u64);
+    let mut stop_all = || control.take().map_or(Ok(()), |c| c.fence(fence_wait));
+    let mut services = manager::daemon::Services { reachable: &reachable, stop_all: &mut stop_all };
+    let exit =
+        manager::daemon::run(&db, config, &registry, own, &signals::STOPS, &prefix, &mut services, &mut |event| {
+            // A refused join is said once, in the final error line (which names the layer).
+            if !matches!(event, MemberEvent::SelfState(SelfState::Refused(_))) {
+                say(&event.to_string())
+            }
+        });
     // Whatever the end, the control socket closes first: a client holding a lock (`sdc lock`)
     // sees its connection drop, and stops what the lock protected, before this process goes.
-    control.shutdown();
+    drop(services);
+    if let Some(c) = control.take() {
+        c.shutdown();
+    }
     dlm_node.shutdown();
     let exit = exit?;
     let specs = registry.specs();

@@ -82,6 +82,17 @@ pub fn own_records(db: &MembershipDb, node: NodeId, leave_requests: u64) -> Resu
     Ok((own, incarnation_floor))
 }
 
+/// What the daemon asks of the node's services (the lock manager and what stands on it).
+pub struct Services<'a> {
+    /// The peers the interconnect reaches now (`None`: it runs none, or has not started).
+    pub reachable: &'a dyn Fn() -> Option<NodeSet>,
+    /// The node was forced out: stop everything that relies on its membership (its lock
+    /// holders, its services) and say whether all of it is known stopped. Only then does the
+    /// node mark its heartbeat fenced, letting the others recover at once rather than after
+    /// `dead_ms`.
+    pub stop_all: &'a mut dyn FnMut() -> Result<(), String>,
+}
+
 /// Runs the node until it stops, is refused or forced out, or fences itself. `stops` counts
 /// the stop requests (SIGTERM, SIGINT): the first asks for a graceful leave, the second for a
 /// stop at once. `prefix` starts the watchdog's fence line, as it starts every log line.
@@ -92,7 +103,7 @@ pub fn run(
     own: OwnRecords,
     stops: &AtomicUsize,
     prefix: &str,
-    reachable: &dyn Fn() -> Option<NodeSet>,
+    services: &mut Services<'_>,
     log: &mut dyn FnMut(&MemberEvent),
 ) -> Result<MemberExit, DbError> {
     let check_ms = (config.timing.heartbeat_ms as Millis / 4).clamp(1, 25);
@@ -114,7 +125,7 @@ pub fn run(
         while let Some(reply) = registry.try_reply() {
             core.handle_reply(reply.key, reply.nack);
         }
-        core.set_reachable(monotonic_ms(), reachable());
+        core.set_reachable(monotonic_ms(), (services.reachable)());
         for _ in 0..ACTIONS_PER_LOOP_MAX {
             let Some(action) = core.poll_action(monotonic_ms()) else { break };
             let completion = perform_member(db, action, unix_ms());
@@ -141,7 +152,12 @@ pub fn run(
         }
         if let Some(exit) = core.exit().cloned() {
             if matches!(exit, MemberExit::ForcedOut(_)) {
-                mark_fenced(db, &mut core, &watchdog, log);
+                // The others recover what this node held once it is known stopped: say so on
+                // the disk only when everything relying on its membership has stopped.
+                match (services.stop_all)() {
+                    Ok(()) => mark_fenced(db, &mut core, &watchdog, log),
+                    Err(why) => log(&MemberEvent::NotMarkedFenced(why)),
+                }
             }
             watchdog.publish(None);
             return Ok(exit);
@@ -282,9 +298,16 @@ mod tests {
         let db = MembershipDb::open(Box::new(disk)).unwrap();
         let config = test_config(2);
         let stops = AtomicUsize::new(0);
-        let exit = run(&db, config, &Registry::new(), OwnRecords::default(), &stops, "child", &|| None, &mut |e| {
-            eprintln!("child: {e:?}")
-        });
+        let exit = run(
+            &db,
+            config,
+            &Registry::new(),
+            OwnRecords::default(),
+            &stops,
+            "child",
+            &mut Services { reachable: &|| None, stop_all: &mut || Ok(()) },
+            &mut |e| eprintln!("child: {e:?}"),
+        );
         // Unreachable when the watchdog works: the main thread is stuck in write_at.
         eprintln!("child: run returned {exit:?}");
         std::process::exit(99)
@@ -354,7 +377,16 @@ mod tests {
         let stops = Arc::new(AtomicUsize::new(0));
         let (s, f) = (stops.clone(), failed_writes.clone());
         let daemon = std::thread::spawn(move || {
-            let exit = run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &|| None, &mut |_| {});
+            let exit = run(
+                &db,
+                test_config(2),
+                &Registry::new(),
+                OwnRecords::default(),
+                &s,
+                "test",
+                &mut Services { reachable: &|| None, stop_all: &mut || Ok(()) },
+                &mut |_| {},
+            );
             (exit.map_err(|e| e.to_string()), f.load(Ordering::SeqCst))
         });
         // Two seconds of failing writes: a back-off, not a spin.

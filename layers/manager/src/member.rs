@@ -116,6 +116,9 @@ pub enum MemberEvent {
     Corrupt(CorruptRecord),
     /// Forced out, this node wrote its heartbeat marked fenced (or could not).
     MarkedFenced(Result<(), String>),
+    /// Forced out, this node did not mark its heartbeat fenced: something relying on its
+    /// membership could not be known stopped.
+    NotMarkedFenced(String),
 }
 
 /// Events queued before the oldest are dropped.
@@ -1192,6 +1195,9 @@ impl std::fmt::Display for MemberEvent {
             }
             MemberEvent::MarkedFenced(Err(e)) => {
                 write!(f, "could not mark this node's heartbeat fenced ({e}); the others wait dead-ms before recovering")
+            }
+            MemberEvent::NotMarkedFenced(why) => {
+                write!(f, "did not mark this node's heartbeat fenced ({why}); the others wait dead-ms before recovering")
             }
         }
     }

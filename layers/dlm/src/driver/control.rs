@@ -210,6 +210,31 @@ impl ControlServer {
         &self.path
     }
 
+    /// The node was forced out: close every connection (their clients have lost their locks;
+    /// `sdc lock` kills its command at once and exits) and wait, at most `wait`, until every
+    /// client process is gone. `Err` names the clients still running: whatever they do with
+    /// the resources they locked is no longer protected, and the node must not say it has
+    /// stopped.
+    pub fn fence(mut self, wait: Duration) -> Result<(), String> {
+        let pids: Vec<Option<u32>> = lock(&self.conns).values().map(peer_pid).collect();
+        self.stop_now();
+        let began = std::time::Instant::now();
+        loop {
+            let running: Vec<String> = pids
+                .iter()
+                .filter(|p| p.is_none_or(process_running))
+                .map(|p| p.map_or("a client of unknown process".into(), |p| format!("process {p}")))
+                .collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            if began.elapsed() >= wait {
+                return Err(format!("lock holders still running: {}", running.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stops accepting, closes every connection (their clients see end of file: their locks
     /// are gone) and removes the socket.
     pub fn shutdown(mut self) {
@@ -225,6 +250,37 @@ impl ControlServer {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The process at the other end of a unix socket.
+#[allow(unsafe_code)]
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live unix socket owned by `stream`; `cred` and `len` are valid for
+    // writes of the size passed, as SO_PEERCRED requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+/// Whether process `pid` still runs (a zombie has stopped: it only waits to be reaped).
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        // The state follows the command name, which is in parentheses and may hold anything.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+        }
     }
 }
 
