@@ -218,7 +218,6 @@ pub fn run(a: JoinArgs) -> CmdResult {
         });
     // Whatever the end, the control socket closes first: a client holding a lock (`sdc lock`)
     // sees its connection drop, and stops what the lock protected, before this process goes.
-    drop(services);
     if let Some(c) = control.take() {
         c.shutdown();
     }

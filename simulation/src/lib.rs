@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod disk;
+pub mod lockload;
 pub mod locks;
 pub mod sim;
 

@@ -24,11 +24,12 @@
 //! survivor's lock lost by recovery, no ghost); then, within a bound, every request is granted,
 //! cancelled or failed and every lock released (liveness).
 
+use crate::lockload::{check_all_released, check_compatible, check_queues_match, Check, Load};
 use crate::sim::Violation;
-use dlm::{Barrier, ClientEvent, ClientId, DlmCore, Flags, LockError, LockId, Lvb, Mode, Phase, ResName, State};
+use dlm::{Barrier, DlmCore, Phase, State};
 use membership_db::format::NodeId;
 use membership_db::rng::SplitMix64;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A partition longer than this forces the cut-off node out.
 const LINK_TIMEOUT_MS: u64 = 300;
@@ -99,18 +100,6 @@ struct Trans {
     acked: BTreeSet<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CState {
-    Waiting,
-    Held { mode: Mode, until: u64 },
-    Converting { from: Mode },
-}
-
-struct Client {
-    id: ClientId,
-    lock: Option<(LockId, ResName, CState)>,
-}
-
 struct Node {
     id: NodeId,
     incarnation: u64,
@@ -121,32 +110,21 @@ struct Node {
     /// Links cut since, until.
     cut: Option<(u64, u64)>,
     inbox: Vec<(u64, Barrier)>,
-    clients: Vec<Client>,
 }
 
-type Check = Result<(), (&'static str, String)>;
-
-/// A frame on a link: when it is due, the receiving incarnation it was sent to, its bytes.
-type InFlightFrame = (u64, u64, Vec<u8>);
 
 struct LockWorld {
     config: LockConfig,
     t: u64,
     rng: SplitMix64,
     nodes: Vec<Node>,
-    names: Vec<ResName>,
-    links: HashMap<(usize, usize), VecDeque<InFlightFrame>>,
+    load: Load,
     transitions: Vec<Trans>,
     next_transition: u64,
     /// Numbers the views notifications are made from.
     views: u64,
-    next_client: u64,
-    last_written: HashMap<ResName, Lvb>,
     trace: VecDeque<String>,
     outcome: LockOutcome,
-    clients_active: bool,
-    /// Clients make new requests (not in the liveness phases).
-    new_requests: bool,
     /// Print every trace line as it happens (`SIM_TRACE` set): for debugging a seed.
     echo: bool,
 }
@@ -154,7 +132,10 @@ struct LockWorld {
 /// Runs one seed. `Err` names the broken invariant.
 pub fn run(config: &LockConfig) -> Result<LockOutcome, Violation> {
     let mut w = LockWorld::new(config.clone());
-    match w.run_phases() {
+    let r = w.run_phases();
+    w.outcome.grants = w.load.grants;
+    w.outcome.valid_lvbs_read = w.load.valid_lvbs_read;
+    match r {
         Ok(()) => Ok(w.outcome),
         Err((invariant, detail)) => {
             Err(Violation { seed: config.seed, invariant, detail, at_ms: w.t, trace: w.trace.into_iter().collect() })
@@ -165,7 +146,6 @@ pub fn run(config: &LockConfig) -> Result<LockOutcome, Violation> {
 impl LockWorld {
     fn new(config: LockConfig) -> LockWorld {
         let mut rng = SplitMix64::new(config.seed ^ 0x6c6f_636b_7331);
-        let names = (0..config.resources).map(|i| ResName::new("sim", format!("r{i}").as_bytes()).unwrap()).collect();
         let nodes = (0..config.nodes)
             .map(|i| Node {
                 id: NodeId(i + 1),
@@ -175,26 +155,21 @@ impl LockWorld {
                 fence_at: None,
                 cut: None,
                 inbox: Vec::new(),
-                clients: Vec::new(),
             })
             .collect();
         let _ = rng.next_u64();
+        let load = Load::new(config.nodes as usize, config.resources);
         LockWorld {
+            load,
             config,
             t: 0,
             rng,
             nodes,
-            names,
-            links: HashMap::new(),
             transitions: Vec::new(),
             next_transition: 1,
             views: 0,
-            next_client: 1,
-            last_written: HashMap::new(),
             trace: VecDeque::new(),
             outcome: LockOutcome::default(),
-            clients_active: true,
-            new_requests: true,
             echo: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
@@ -226,8 +201,8 @@ impl LockWorld {
         for i in 0..self.nodes.len() {
             self.nodes[i].cut = None;
         }
-        self.clients_active = false;
-        self.new_requests = false;
+        self.load.new_requests = false;
+        self.load.holding = true;
         let deadline = self.t + self.config.liveness_bound_ms;
         loop {
             for i in 0..self.nodes.len() {
@@ -246,20 +221,13 @@ impl LockWorld {
                 ));
             }
         }
-        self.check_queues_match()?;
+        check_queues_match(&self.cores())?;
         // Release everything: every request must end, every lock go.
-        for n in &mut self.nodes {
-            for c in &mut n.clients {
-                if let Some((_, _, CState::Held { until, .. })) = &mut c.lock {
-                    *until = 0;
-                }
-            }
-        }
-        self.clients_active = true;
+        self.load.release_all();
         let deadline = self.t + self.config.liveness_bound_ms;
         loop {
             self.step()?;
-            let released = self.nodes.iter().all(|n| n.clients.iter().all(|c| c.lock.is_none()))
+            let released = self.load.clients_idle()
                 && self.nodes.iter().filter_map(|n| n.core.as_ref()).all(|c| c.lock_count() == 0);
             if released && self.quiet() {
                 break;
@@ -275,22 +243,16 @@ impl LockWorld {
                 ));
             }
         }
-        for n in &self.nodes {
-            if let Some(c) = &n.core {
-                if let Some(m) = c.mastered().iter().find(|m| !m.queues.is_empty()) {
-                    return Err((
-                        "ghost-lock",
-                        format!("node {} masters {} with locks nobody holds: {:?}", n.id, m.res, m.queues),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        check_all_released(&self.cores())
+    }
+
+    fn cores(&self) -> Vec<&DlmCore> {
+        self.nodes.iter().filter_map(|n| n.core.as_ref()).collect()
     }
 
     fn describe(&self) -> String {
         let mut s = String::new();
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
             let state = n
                 .core
                 .as_ref()
@@ -301,12 +263,7 @@ impl LockWorld {
                 })
                 .unwrap_or("down".into());
             let state = format!("{state} ({} with orphans)", n.core.as_ref().map_or(0, |c| c.lock_count()));
-            let clients: Vec<String> = n
-                .clients
-                .iter()
-                .filter_map(|c| c.lock.as_ref().map(|(id, r, st)| format!("{id}:{r}:{st:?}")))
-                .collect();
-            s += &format!("node {} {:?} {state} clients [{}]; ", n.id, n.standing, clients.join(" "));
+            s += &format!("node {} {:?} {state} clients [{}]; ", n.id, n.standing, self.load.describe(i));
         }
         for t in &self.transitions {
             s += &format!(
@@ -324,7 +281,7 @@ impl LockWorld {
 
     fn quiet(&self) -> bool {
         self.transitions.is_empty()
-            && self.links.values().all(|q| q.is_empty())
+            && self.load.links_empty()
             && self.nodes.iter().all(|n| {
                 n.inbox.is_empty()
                     && n.fence_at.is_none()
@@ -345,13 +302,8 @@ impl LockWorld {
         n.fence_at = None;
         n.cut = None;
         n.inbox.clear();
-        n.clients = (0..self.config.clients_per_node)
-            .map(|_| {
-                self.next_client += 1;
-                Client { id: ClientId(self.next_client), lock: None }
-            })
-            .collect();
         let id = n.id;
+        self.load.node_started(i, self.config.clients_per_node);
         self.log(format!("node {id}: starts, incarnation {}", self.nodes[i].incarnation));
         self.start_transition(i, Kind::Join);
     }
@@ -474,10 +426,9 @@ impl LockWorld {
     fn stop_node(&mut self, i: usize, why: &str) {
         self.nodes[i].core = None;
         self.nodes[i].inbox.clear();
-        self.nodes[i].clients.clear();
         self.nodes[i].fence_at = None;
         self.nodes[i].cut = None;
-        self.links.retain(|(a, b), _| *a != i && *b != i);
+        self.load.node_gone(i);
         for t in &mut self.transitions {
             // A later incarnation is notified afresh.
             t.notified.remove(&i);
@@ -542,17 +493,10 @@ impl LockWorld {
         }
         if self.rng.below(100_000) < rate {
             let i = self.rng.below(n as u64) as usize;
-            let k = self.rng.below(self.nodes[i].clients.len().max(1) as u64) as usize;
-            let node = &mut self.nodes[i];
-            if let (Some(core), Some(c)) = (node.core.as_mut(), node.clients.get_mut(k)) {
-                core.client_gone(c.id);
-                {
-                    if self.echo {
-                        eprintln!("t={} node {}: client {:?} gone", self.t, i + 1, c.id);
-                    }
-                    self.next_client += 1;
-                    c.id = ClientId(self.next_client);
-                    c.lock = None;
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                if let Some(said) = self.load.client_gone(i, core, &mut self.rng) {
+                    let id = self.nodes[i].id;
+                    self.log(format!("node {id}: {said}"));
                     self.count("client-gone");
                 }
             }
@@ -594,7 +538,7 @@ impl LockWorld {
             }
         }
         self.deliver_frames()?;
-        self.check_compatible()?;
+        check_compatible(self.nodes.iter().filter_map(|n| n.core.as_ref()))?;
         self.t += 1;
         Ok(())
     }
@@ -608,332 +552,45 @@ impl LockWorld {
             self.log(format!("node {id}: {:?} of transition {} (members {:?})", b.phase, b.transition, b.members));
             self.nodes[i].core.as_mut().expect("running").handle_barrier(b);
         }
-        self.nodes[i].core.as_mut().expect("running").handle_timeout(t);
-        if self.clients_active || self.t > 0 {
-            self.client_actions(i);
+        let core = self.nodes[i].core.as_mut().expect("running");
+        core.handle_timeout(t);
+        let id = core.me();
+        for said in self.load.act(i, core, t, &mut self.rng) {
+            self.log(format!("node {id}: {said}"));
         }
         self.drain(i)
     }
 
     /// Collects a node's outputs: frames onto the links, events to clients, acknowledgements.
     fn drain(&mut self, i: usize) -> Check {
-        loop {
-            let core = self.nodes[i].core.as_mut().expect("running");
-            let mut progressed = false;
-            let mut frames = Vec::new();
-            while let Some(f) = core.poll_transmit() {
-                frames.push(f);
-            }
-            let mut events = Vec::new();
-            while let Some(e) = core.poll_event() {
-                events.push(e);
-            }
-            let mut acks = Vec::new();
-            while let Some(a) = core.poll_ack() {
-                acks.push(a);
-            }
-            for (to, frame) in frames {
-                progressed = true;
-                if self.echo {
-                    eprintln!("t={} send {}->{to}: {frame:?}", self.t, i + 1);
-                }
-                let j = to.index();
-                // The interconnect's session is with the incarnation the sender knows: a frame
-                // for an incarnation that has gone is never delivered to the next one.
-                let core = self.nodes[i].core.as_ref().expect("running");
-                let known = core.members().iter().find(|(n, _)| *n == to).map(|(_, inc)| *inc);
-                let incarnation = known.unwrap_or(self.nodes[j].incarnation);
-                let mut b = dlm::wire::Batch::new();
-                b.push(&frame);
-                let delay = 1 + self.rng.below(4);
-                let due = self.t + delay;
-                let q = self.links.entry((i, j)).or_default();
-                let due = q.back().map_or(due, |(last, _, _)| due.max(*last));
-                q.push_back((due, incarnation, b.into_bytes()));
-            }
-            for e in events {
-                progressed = true;
-                self.client_event(i, e)?;
-            }
-            for key in acks {
-                progressed = true;
-                let (id, barrier) = (key >> 8, (key & 0xff) as u8);
-                if let Some(t) = self.transitions.iter_mut().find(|t| t.id == id && t.barrier == barrier) {
-                    t.acked.insert(i);
-                }
-            }
-            if !progressed {
-                return Ok(());
+        let incarnations: Vec<u64> = self.nodes.iter().map(|n| n.incarnation).collect();
+        let mut lines = Vec::new();
+        let core = self.nodes[i].core.as_mut().expect("running");
+        let acks =
+            self.load.drain(i, core, self.t, &mut self.rng, &|j| incarnations[j], &mut |line| lines.push(line))?;
+        for line in lines {
+            self.log(line);
+        }
+        for key in acks {
+            let (id, barrier) = (key >> 8, (key & 0xff) as u8);
+            if let Some(t) = self.transitions.iter_mut().find(|t| t.id == id && t.barrier == barrier) {
+                t.acked.insert(i);
             }
         }
+        Ok(())
     }
 
     fn deliver_frames(&mut self) -> Check {
-        let mut keys: Vec<(usize, usize)> = self.links.keys().copied().collect();
-        keys.sort();
-        for (a, b) in keys {
-            if self.nodes[a].cut.is_some() || self.nodes[b].cut.is_some() {
-                continue;
+        let cut: Vec<bool> = self.nodes.iter().map(|n| n.cut.is_some()).collect();
+        let incarnations: Vec<u64> = self.nodes.iter().map(|n| n.incarnation).collect();
+        let due = self.load.due_frames(self.t, &|i| cut[i], &|i| incarnations[i])?;
+        for (a, b, frames) in due {
+            let from = self.nodes[a].id;
+            let Some(core) = self.nodes[b].core.as_mut() else { continue };
+            for f in frames {
+                core.handle_frame(from, f);
             }
-            while let Some(q) = self.links.get_mut(&(a, b)) {
-                if q.front().is_none_or(|(due, _, _)| *due > self.t) {
-                    break;
-                }
-                let (_, incarnation, bytes) = q.pop_front().expect("checked");
-                if incarnation != self.nodes[b].incarnation {
-                    continue;
-                }
-                let from = self.nodes[a].id;
-                let frames = dlm::wire::decode_batch(&bytes).map_err(|e| ("wire", e.to_string()))?;
-                let Some(core) = self.nodes[b].core.as_mut() else { break };
-                for f in frames {
-                    if self.echo {
-                        eprintln!("t={} frame {from}->{}: {f:?}", self.t, b + 1);
-                    }
-                    core.handle_frame(from, f);
-                }
-                self.drain(b)?;
-            }
-        }
-        Ok(())
-    }
-
-    // ---- clients ----
-
-    fn client_actions(&mut self, i: usize) {
-        let t = self.t;
-        for k in 0..self.nodes[i].clients.len() {
-            let roll = self.rng.below(1000);
-            let name = self.names[self.rng.below(self.names.len() as u64) as usize].clone();
-            let mode = [Mode::Ex, Mode::Ex, Mode::Pw, Mode::Pr, Mode::Pr, Mode::Cw, Mode::Cr, Mode::Nl]
-                [self.rng.below(8) as usize];
-            let value = self.rng.next_u64();
-            let hold = 1 + self.rng.below(60);
-            let timeout = (self.rng.below(5) == 0).then(|| 20 + self.rng.below(200));
-            let noqueue = self.rng.below(7) == 0;
-            let quecvt = self.rng.below(4) == 0;
-            let node = &mut self.nodes[i];
-            let core = node.core.as_mut().expect("running");
-            let c = &mut node.clients[k];
-            let lvb = |v: u64| -> Lvb {
-                let mut b = [0u8; 32];
-                b[..8].copy_from_slice(&v.to_le_bytes());
-                b
-            };
-            let mut said = None;
-            match c.lock.clone() {
-                None if self.new_requests && roll < 30 => {
-                    let flags = Flags { noqueue, quecvt: false, timeout_ms: timeout };
-                    if let Ok(id) = core.lock(t, c.id, name.clone(), mode, flags) {
-                        said = Some(format!("lock {id} {name} {mode} {flags:?}"));
-                        c.lock = Some((id, name, CState::Waiting));
-                    }
-                }
-                Some((id, res, CState::Held { mode: held, until })) if t >= until => {
-                    let writes = held.writes_value() && roll.is_multiple_of(2);
-                    if !self.clients_active || roll < 600 {
-                        let v = writes.then(|| lvb(value));
-                        if core.unlock(c.id, id, v).is_ok() {
-                            said = Some(format!("unlock {id} {res} writing {:?}", v.map(|v| v[0])));
-                            c.lock = None;
-                            if let Some(v) = v {
-                                self.last_written.insert(res, v);
-                            }
-                        }
-                    } else {
-                        let flags = Flags { noqueue, quecvt, timeout_ms: timeout };
-                        let v = (writes && !mode.writes_value()).then(|| lvb(value));
-                        if core.convert(t, c.id, id, mode, flags, v).is_ok() {
-                            said = Some(format!("convert {id} {res} {held}->{mode} writing {:?}", v.map(|v| v[0])));
-                            c.lock = Some((id, res.clone(), CState::Converting { from: held }));
-                            if let Some(v) = v {
-                                self.last_written.insert(res, v);
-                            }
-                        }
-                    }
-                    let _ = hold;
-                }
-                Some((id, _, CState::Waiting | CState::Converting { .. }))
-                    if roll < 2 && core.cancel(c.id, id).is_ok() =>
-                {
-                    said = Some(format!("cancel {id}"));
-                }
-                _ => {}
-            }
-            if let Some(line) = said {
-                let nid = self.nodes[i].id;
-                self.log(format!("node {nid}: {line}"));
-            }
-        }
-    }
-
-    fn client_event(&mut self, i: usize, e: ClientEvent) -> Check {
-        let t = self.t;
-        let hold = 1 + self.rng.below(80);
-        let release_early = self.rng.below(3) == 0;
-        let node = &mut self.nodes[i];
-        let id = node.id;
-        match e {
-            ClientEvent::Completion { client, lock, result } => {
-                let Some(c) = node.clients.iter_mut().find(|c| c.id == client) else {
-                    return Err(("client-event", format!("node {id}: an event for client {client:?}, which is gone")));
-                };
-                let Some((held_id, res, state)) = c.lock.clone() else {
-                    return Err(("client-event", format!("node {id}: a completion for lock {lock} of an idle client")));
-                };
-                if held_id != lock {
-                    return Err(("client-event", format!("node {id}: a completion for lock {lock}, not {held_id}")));
-                }
-                let said =
-                    format!("node {id}: lock {lock} {res} -> {:?}", result.map(|g| (g.mode, g.lvb[0], g.lvb_valid)));
-                self.log(said);
-                let node = &mut self.nodes[i];
-                let c = node.clients.iter_mut().find(|c| c.id == client).expect("found above");
-                match result {
-                    Ok(g) => {
-                        self.outcome.grants += 1;
-                        // A holder in NL or CR may see a write land between its grant and its
-                        // reading the value (a PW holder beside it): only modes that exclude
-                        // writers read the last value for sure.
-                        if g.lvb_valid && g.mode.excludes_writers() {
-                            self.outcome.valid_lvbs_read += 1;
-                            let last = self.last_written.get(&res);
-                            if last != Some(&g.lvb) {
-                                return Err((
-                                    "lvb",
-                                    format!(
-                                        "node {id} lock {lock} on {res} granted {} with a valid value block {:?}, but the last written is {:?}",
-                                        g.mode,
-                                        &g.lvb[..8],
-                                        last.map(|v| &v[..8])
-                                    ),
-                                ));
-                            }
-                        }
-                        c.lock = Some((lock, res, CState::Held { mode: g.mode, until: t + hold }));
-                    }
-                    Err(err) => {
-                        c.lock = match (state, err) {
-                            (_, LockError::NodeLeaving) => None,
-                            (CState::Converting { from }, _) => {
-                                Some((lock, res, CState::Held { mode: from, until: t }))
-                            }
-                            _ => None,
-                        };
-                    }
-                }
-            }
-            ClientEvent::Blocking { client, lock, .. } => {
-                if let Some(c) = node.clients.iter_mut().find(|c| c.id == client) {
-                    if let Some((l, _, CState::Held { until, .. })) = &mut c.lock {
-                        if *l == lock && release_early {
-                            *until = t;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    // ---- checks ----
-
-    /// No two incompatible modes held on one resource by live nodes (a forced-out node that
-    /// has not fenced yet still holds its locks).
-    fn check_compatible(&self) -> Check {
-        let mut held: BTreeMap<ResName, Vec<(NodeId, LockId, Mode)>> = BTreeMap::new();
-        for n in &self.nodes {
-            if let Some(c) = &n.core {
-                for (res, lock, mode) in c.held_modes() {
-                    held.entry(res).or_default().push((n.id, lock, mode));
-                }
-            }
-        }
-        for (res, locks) in held {
-            for (k, a) in locks.iter().enumerate() {
-                for b in &locks[k + 1..] {
-                    if !a.2.compatible(b.2) {
-                        return Err((
-                            "compatible",
-                            format!(
-                                "{res}: node {} lock {} holds {} while node {} lock {} holds {}",
-                                a.0, a.1, a.2, b.0, b.1, b.2
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Quiet cluster: every lock of a live node is in its master's queues, as the owner sees
-    /// it, and every queued lock has its owner.
-    fn check_queues_match(&self) -> Check {
-        let mut masters: HashMap<ResName, (NodeId, dlm::queues::Queues)> = HashMap::new();
-        for n in &self.nodes {
-            let Some(c) = &n.core else { continue };
-            for m in c.mastered() {
-                if let Some((other, _)) = masters.get(&m.res) {
-                    return Err(("one-master", format!("{} is mastered by node {other} and node {}", m.res, n.id)));
-                }
-                masters.insert(m.res.clone(), (n.id, m.queues));
-            }
-        }
-        let mut owned = BTreeSet::new();
-        for n in &self.nodes {
-            let Some(c) = &n.core else { continue };
-            for l in c.own_locks() {
-                if l.orphan {
-                    let seen: Vec<String> = self
-                        .nodes
-                        .iter()
-                        .filter_map(|m| {
-                            m.core.as_ref().map(|c| format!("node {}: {}", m.id, c.describe_resource(&l.res)))
-                        })
-                        .collect();
-                    return Err((
-                        "orphan",
-                        format!(
-                            "node {} lock {} on {} ({:?}/{:?}): its client went, and it is still here; {}",
-                            n.id,
-                            l.lock,
-                            l.res,
-                            l.granted,
-                            l.requested,
-                            seen.join("; ")
-                        ),
-                    ));
-                }
-                let gid = dlm::GlobalLockId { node: n.id, lock: l.lock };
-                owned.insert(gid);
-                let Some((m, q)) = masters.get(&l.res) else {
-                    return Err(("lost-lock", format!("node {} lock {} on {}: no master has it", n.id, l.lock, l.res)));
-                };
-                let found = q.granted.iter().chain(&q.converting).chain(&q.waiting).find(|x| x.id == gid);
-                match found {
-                    Some(x) if x.granted == l.granted && x.requested == l.requested => {}
-                    other => {
-                        return Err((
-                            "lost-lock",
-                            format!(
-                                "node {} lock {} on {} (granted {:?}, requested {:?}) is {:?} at its master, node {m}",
-                                n.id, l.lock, l.res, l.granted, l.requested, other
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
-        for (res, (m, q)) in &masters {
-            for x in q.granted.iter().chain(&q.converting).chain(&q.waiting) {
-                if !owned.contains(&x.id) {
-                    return Err((
-                        "ghost-lock",
-                        format!("node {m} masters {res} with lock {:?}, which no live node owns", x.id),
-                    ));
-                }
-            }
+            self.drain(b)?;
         }
         Ok(())
     }

@@ -96,6 +96,7 @@ pub struct Services<'a> {
 /// Runs the node until it stops, is refused or forced out, or fences itself. `stops` counts
 /// the stop requests (SIGTERM, SIGINT): the first asks for a graceful leave, the second for a
 /// stop at once. `prefix` starts the watchdog's fence line, as it starts every log line.
+#[allow(clippy::too_many_arguments)] // each is one of the daemon's distinct inputs
 pub fn run(
     db: &MembershipDb,
     config: NodeConfig,
