@@ -17,8 +17,10 @@ use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Between SIGTERM and SIGKILL of CMD's process group once the lock is lost.
-const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long, once the lock is lost and CMD's process group is SIGKILLed, `sdc lock` waits for
+/// every process of the group to be gone before it exits anyway (a process in uninterruptible
+/// I/O dies only when that I/O ends).
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How often the wait for CMD looks at the connection and at signals.
 const POLL: Duration = Duration::from_millis(20);
 /// How long a reply to `snapshot` may take.
@@ -184,23 +186,48 @@ pub fn run(a: LockArgs) -> CmdResult {
     })
 }
 
-/// SIGTERM to the group, SIGKILL after [`KILL_GRACE`], and reap.
+/// SIGKILL to the group at once, reap CMD, and wait (at most [`KILL_WAIT`]) until no process of
+/// the group is left. No SIGTERM and grace period: the lock is already gone, so whatever CMD does
+/// from now on is unprotected, and a forced-out daemon waits only `fence_ms` for this process
+/// to exit before it says the node has stopped (after which, or after `dead_ms`, the others
+/// recover the lock). This process exits only once its group is gone, so the daemon's wait
+/// covers every process of CMD's group, not only its leader.
 fn kill_group(child: &mut Child, pgid: libc::pid_t) {
     // SAFETY: kill(2) of our child's process group.
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    let deadline = Instant::now() + KILL_GRACE;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            // The leader is gone; the rest of its group may not be.
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let deadline = Instant::now() + KILL_WAIT;
+    let mut reaped = false;
+    loop {
+        reaped = reaped || matches!(child.try_wait(), Ok(Some(_)));
+        if reaped && !group_running(pgid) {
             return;
         }
-        std::thread::sleep(POLL);
+        if Instant::now() >= deadline {
+            return;
+        }
+        // SAFETY: as above, for a process forked after the first SIGKILL.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(5));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let _ = child.wait();
+}
+
+/// Whether a process of group `pgid` still runs (zombies have stopped: they only wait to be
+/// reaped, by whoever inherited them).
+fn group_running(pgid: libc::pid_t) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only asks whether the group has a process (zombies count).
+        return unsafe { libc::kill(-pgid, 0) } == 0;
+    };
+    dir.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))).any(|e| {
+        // After the command name (in parentheses, may hold anything): state, ppid, pgrp.
+        std::fs::read_to_string(e.path().join("stat")).ok().is_some_and(|stat| {
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let mut f = rest.split_whitespace();
+            let state = f.next().unwrap_or("Z");
+            let pgrp = f.nth(1).and_then(|g| g.parse::<libc::pid_t>().ok());
+            pgrp == Some(pgid) && !matches!(state, "Z" | "X")
+        })
+    })
 }
 
 fn mode_text(v: &Value) -> String {

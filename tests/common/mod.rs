@@ -284,12 +284,22 @@ pub struct ClusterSpec {
     /// `None`: a new file in the temporary directory. `Some`: an existing disk (a loop device),
     /// formatted without `--size`.
     pub disk: Option<PathBuf>,
+    /// More `sdc format` arguments (e.g. `--link-timeout-ms`).
+    pub format_args: Vec<String>,
+    /// Heartbeat, fence and dead milliseconds.
+    pub timing: (u32, u32, u32),
 }
 
 impl ClusterSpec {
     /// Nodes 1..=n, named n1, n2, ..., all master-eligible.
     pub fn nodes(n: u16) -> ClusterSpec {
-        ClusterSpec { max_nodes: 8, nodes: (1..=n).map(|i| (i, format!("n{i}"), true)).collect(), disk: None }
+        ClusterSpec {
+            max_nodes: 8,
+            nodes: (1..=n).map(|i| (i, format!("n{i}"), true)).collect(),
+            disk: None,
+            format_args: Vec::new(),
+            timing: (HEARTBEAT_MS, FENCE_MS, DEAD_MS),
+        }
     }
     pub fn not_eligible(mut self, id: u16) -> ClusterSpec {
         self.nodes.iter_mut().filter(|n| n.0 == id).for_each(|n| n.2 = false);
@@ -297,6 +307,16 @@ impl ClusterSpec {
     }
     pub fn on_disk(mut self, disk: &Path) -> ClusterSpec {
         self.disk = Some(disk.to_path_buf());
+        self
+    }
+    /// Formats with these heartbeat, fence and dead milliseconds rather than the tests' own.
+    pub fn timing(mut self, heartbeat_ms: u32, fence_ms: u32, dead_ms: u32) -> ClusterSpec {
+        self.timing = (heartbeat_ms, fence_ms, dead_ms);
+        self
+    }
+    /// Formats with these extra `sdc format` arguments.
+    pub fn format_with(mut self, args: &[&str]) -> ClusterSpec {
+        self.format_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 }
@@ -349,14 +369,15 @@ impl Cluster {
                 "--max-nodes",
                 &spec.max_nodes.to_string(),
                 "--heartbeat-ms",
-                &HEARTBEAT_MS.to_string(),
+                &spec.timing.0.to_string(),
                 "--fence-ms",
-                &FENCE_MS.to_string(),
+                &spec.timing.1.to_string(),
                 "--dead-ms",
-                &DEAD_MS.to_string(),
+                &spec.timing.2.to_string(),
             ]
             .map(String::from),
         );
+        args.extend(spec.format_args.iter().cloned());
         if spec.disk.is_some() {
             // A loop device may hold a cluster from an earlier run (nothing runs on it).
             args.push("--force".into());
