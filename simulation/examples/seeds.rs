@@ -11,6 +11,9 @@ fn main() {
     for seed in first..first + count {
         let mut config = simulation::sim::Config::for_seed(seed);
         config.fault_rate *= scale;
+        if let Some(ms) = std::env::var("LIVENESS_MS").ok().and_then(|v| v.parse().ok()) {
+            config.liveness_bound_ms = ms;
+        }
         let r = simulation::sim::run(&config);
         match &r {
             Err(v) => println!("{v}\n"),

@@ -107,8 +107,10 @@ impl Load {
 
     /// What node `i`'s clients hold or wait for, for a report.
     pub fn describe(&self, i: usize) -> String {
-        let held: Vec<String> =
-            self.clients[i].iter().filter_map(|c| c.lock.as_ref().map(|(id, r, st)| format!("{id}:{r}:{st:?}"))).collect();
+        let held: Vec<String> = self.clients[i]
+            .iter()
+            .filter_map(|c| c.lock.as_ref().map(|(id, r, st)| format!("{id}:{r}:{st:?}")))
+            .collect();
         held.join(" ")
     }
 
@@ -181,16 +183,29 @@ impl Load {
     }
 
     /// An event for one of node `i`'s clients. Checks the value block a grant carries.
-    fn event(&mut self, i: usize, node: NodeId, e: ClientEvent, t: u64, rng: &mut SplitMix64) -> Result<String, (&'static str, String)> {
+    fn event(
+        &mut self,
+        i: usize,
+        node: NodeId,
+        e: ClientEvent,
+        t: u64,
+        rng: &mut SplitMix64,
+    ) -> Result<String, (&'static str, String)> {
         let hold = 1 + rng.below(80);
         let release_early = rng.below(3) == 0;
         match e {
             ClientEvent::Completion { client, lock, result } => {
                 let Some(c) = self.clients[i].iter_mut().find(|c| c.id == client) else {
-                    return Err(("client-event", format!("node {node}: an event for client {client:?}, which is gone")));
+                    return Err((
+                        "client-event",
+                        format!("node {node}: an event for client {client:?}, which is gone"),
+                    ));
                 };
                 let Some((held_id, res, state)) = c.lock.clone() else {
-                    return Err(("client-event", format!("node {node}: a completion for lock {lock} of an idle client")));
+                    return Err((
+                        "client-event",
+                        format!("node {node}: a completion for lock {lock} of an idle client"),
+                    ));
                 };
                 if held_id != lock {
                     return Err(("client-event", format!("node {node}: a completion for lock {lock}, not {held_id}")));
@@ -222,7 +237,9 @@ impl Load {
                     Err(err) => {
                         c.lock = match (state, err) {
                             (_, LockError::NodeLeaving) => None,
-                            (CState::Converting { from }, _) => Some((lock, res, CState::Held { mode: from, until: t })),
+                            (CState::Converting { from }, _) => {
+                                Some((lock, res, CState::Held { mode: from, until: t }))
+                            }
                             _ => None,
                         };
                     }
@@ -338,7 +355,10 @@ pub fn check_compatible<'a>(cores: impl Iterator<Item = &'a DlmCore>) -> Check {
                 if !a.2.compatible(b.2) {
                     return Err((
                         "compatible",
-                        format!("{res}: node {} lock {} holds {} while node {} lock {} holds {}", a.0, a.1, a.2, b.0, b.1, b.2),
+                        format!(
+                            "{res}: node {} lock {} holds {} while node {} lock {} holds {}",
+                            a.0, a.1, a.2, b.0, b.1, b.2
+                        ),
                     ));
                 }
             }
@@ -407,7 +427,10 @@ pub fn check_queues_match(cores: &[&DlmCore]) -> Check {
     for (res, (m, q)) in &masters {
         for x in q.granted.iter().chain(&q.converting).chain(&q.waiting) {
             if !owned.contains(&x.id) {
-                return Err(("ghost-lock", format!("node {m} masters {res} with lock {:?}, which no live node owns", x.id)));
+                return Err((
+                    "ghost-lock",
+                    format!("node {m} masters {res} with lock {:?}, which no live node owns", x.id),
+                ));
             }
         }
     }
@@ -418,7 +441,10 @@ pub fn check_queues_match(cores: &[&DlmCore]) -> Check {
 pub fn check_all_released(cores: &[&DlmCore]) -> Check {
     for c in cores {
         if let Some(m) = c.mastered().iter().find(|m| !m.queues.is_empty()) {
-            return Err(("ghost-lock", format!("node {} masters {} with locks nobody holds: {:?}", c.me(), m.res, m.queues)));
+            return Err((
+                "ghost-lock",
+                format!("node {} masters {} with locks nobody holds: {:?}", c.me(), m.res, m.queues),
+            ));
         }
     }
     Ok(())

@@ -112,7 +112,6 @@ struct Node {
     inbox: Vec<(u64, Barrier)>,
 }
 
-
 struct LockWorld {
     config: LockConfig,
     t: u64,

@@ -7,6 +7,8 @@
 //! checks and trace, driven by explicit crashes, freezes and leaves instead of random faults.
 
 use crate::disk::{NodePath, PathFaults, SharedDisk, SECTOR_BYTES};
+use crate::lockload::{check_all_released, check_compatible, check_queues_match, Load};
+use dlm::DlmCore;
 use manager::daemon::{own_records, perform_member};
 use manager::member::{Action, MemberCore, MemberEvent, MemberExit, LEAVE_MS_MAX};
 use manager::participant::Notification;
@@ -36,6 +38,16 @@ pub const TRACE_LINES: usize = 80;
 const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
 /// How long the healed, converged cluster is watched for its idle I/O.
 pub const IDLE_CHECK_MS: Millis = 3_000;
+/// After that, the lock manager must settle (every lock where its master says) and then
+/// release everything within this.
+pub const LOCKS_SETTLE_MS: Millis = 5_000;
+/// Resources the nodes' lock clients use.
+const LOCK_RESOURCES: u16 = 3;
+/// Clusters up to this size run their lock managers too. (At 256 nodes, with dozens of
+/// transitions in flight at once, every rebuild notification restarts a recovery round of
+/// 3 x 255 `Done` frames per node; the seed did not settle in two minutes of virtual time and
+/// takes minutes of CPU: to be understood before the DLM is trusted at that size.)
+pub const DLM_NODES_MAX: u16 = 64;
 
 /// Actions a node may issue in one heartbeat interval: far above what the read path needs (a
 /// new master's takeover, and two record reads per node four times an interval), far below a
@@ -148,6 +160,8 @@ pub struct Outcome {
     pub idle_intervals: u64,
     /// The crc32 of the whole disk at the end: a seed replays to the same bytes.
     pub disk_crc: u32,
+    /// Locks granted to the nodes' lock clients.
+    pub lock_grants: u64,
 }
 
 struct SimNode {
@@ -178,8 +192,15 @@ struct SimNode {
     exits: Vec<MemberExit>,
     /// The incarnation the current daemon runs as, once it took its slot.
     ran_incarnation: Option<u64>,
-    /// What its interconnect reaches, as scripted (`None`: it runs none).
+    /// What its interconnect reaches, as scripted (`None`: it runs none); unscripted, every
+    /// running node whose links are not cut.
     reach: Option<NodeSet>,
+    reach_scripted: bool,
+    /// Its interconnect links are cut until then (a partition of the network, not the disk).
+    links_cut_until: Millis,
+    /// Its daemon's lock manager, and the DLM-layer notifications it has not answered yet.
+    dlm: Option<DlmCore>,
+    dlm_notes: Vec<(u64, Notification)>,
 }
 
 impl SimNode {
@@ -222,6 +243,9 @@ pub struct World {
     /// a layer: (time, subject, subject incarnation, notified node, order).
     ended_at: BTreeMap<(u16, u64), Millis>,
     forced_leave_notes: Vec<(Millis, NodeId, u64, NodeId, u32)>,
+    /// The nodes' lock clients and the interconnect between their lock managers.
+    load: Load,
+    next_dlm_key: u64,
 }
 
 type Check = Result<(), (&'static str, String)>;
@@ -295,6 +319,10 @@ impl World {
                     exits: Vec::new(),
                     ran_incarnation: None,
                     reach: None,
+                    reach_scripted: false,
+                    links_cut_until: 0,
+                    dlm: None,
+                    dlm_notes: Vec::new(),
                 }
             })
             .collect();
@@ -321,6 +349,8 @@ impl World {
             echo: std::env::var_os("SIM_TRACE").is_some(),
             ended_at: BTreeMap::new(),
             forced_leave_notes: Vec::new(),
+            load: Load::new(config_nodes, LOCK_RESOURCES),
+            next_dlm_key: 1,
         };
         for i in 0..w.nodes.len() {
             w.start_index(i);
@@ -410,6 +440,7 @@ impl World {
     /// it from the next step on, as the daemon's transport would report it.
     pub fn set_reachable(&mut self, node: NodeId, reach: Option<NodeSet>) {
         self.nodes[node.index()].reach = reach;
+        self.nodes[node.index()].reach_scripted = true;
         self.log(format!("node {node}: interconnect reaches {reach:?}"));
     }
 
@@ -518,7 +549,8 @@ impl World {
             let node = NodeId::from_index(i);
             return fail("lost-leave", format!("node {node} joined again without honouring the sdc leave asked of it"));
         }
-        self.check_idle_io()
+        self.check_idle_io()?;
+        self.check_locks()
     }
 
     /// The converged cluster is watched for a while: each node must do one write and one read
@@ -562,6 +594,7 @@ impl World {
                 self.outcome.virtual_ms = self.t;
                 self.outcome.epochs = self.masters.masters().len() as u64;
                 self.outcome.disk_crc = self.disk.crc();
+                self.outcome.lock_grants = self.load.grants;
                 Ok(self.outcome)
             }
             Err((invariant, detail)) => Err(self.violation(invariant, detail)),
@@ -626,12 +659,15 @@ impl World {
         let node = &mut self.nodes[i];
         let now = node.local(self.t);
         node.core = Some(MemberCore::new(config, standard_layers(), own, now));
+        node.dlm = (self.config.nodes <= DLM_NODES_MAX).then(|| DlmCore::new(id));
+        node.dlm_notes.clear();
         node.pending = None;
         node.inbox.clear();
         node.delivered.clear();
         node.stop_asked = None;
         node.running_since_stop_ms = 0;
         node.ran_incarnation = None;
+        self.load.node_started(i, 1);
         self.log(format!("node {id}: daemon started"));
     }
 
@@ -718,6 +754,7 @@ impl World {
             n.lost = false;
             n.slow_ms = 0;
             n.frozen_until = 0;
+            n.links_cut_until = 0;
         }
         let copies = self.observer.read_node_entry_copies().expect("observer reads");
         let mut repaired = false;
@@ -774,7 +811,7 @@ impl World {
                 continue;
             }
             let id = self.nodes[i].id;
-            match self.rng.below(11) {
+            match self.rng.below(12) {
                 0 => {
                     self.crash_index(i);
                     self.count("crash");
@@ -826,6 +863,14 @@ impl World {
                     self.fail_region(id, region, fails);
                     self.count("region-eio");
                 }
+                10 => {
+                    // The interconnect breaks for this node (not the disk): healed within the
+                    // link timeout, or long enough for the master to force it out.
+                    let ms = self.rng.below(5 * LINK_TIMEOUT as u64 / 2);
+                    self.nodes[i].links_cut_until = self.t + ms;
+                    self.log(format!("node {id}: interconnect links cut for {ms} ms"));
+                    self.count(if ms > LINK_TIMEOUT as u64 { "links-cut-long" } else { "links-cut" });
+                }
                 _ => {
                     if self.nodes[i].core.is_none() {
                         self.start_index(i);
@@ -853,6 +898,7 @@ impl World {
             }
         }
         self.nodes[i].core = None;
+        self.stop_dlm(i);
         self.nodes[i].inbox.clear();
         self.nodes[i].stop_asked = None;
         self.log(format!("node {id}: crashed (kill -9)"));
@@ -869,6 +915,11 @@ impl World {
             }
             self.step_node(i)?;
         }
+        self.deliver_frames()?;
+        // A frozen node's clients are frozen with it: they use nothing until it thaws, and then
+        // it fences first if the others may have recovered its locks.
+        let t = self.t;
+        check_compatible(self.nodes.iter().filter(|n| n.frozen_until <= t).filter_map(|n| n.dlm.as_ref()))?;
         self.check_masters()?;
         for (i, node) in self.nodes.iter().enumerate() {
             // Honoured: the daemon counts the request as seen, and leaves (or has stopped).
@@ -911,11 +962,31 @@ impl World {
             due.into_iter().map(|(_, n)| n).collect()
         };
         for note in due {
+            // The lock manager answers its own barriers, when its recovery is done.
+            let barrier = dlm::driver::barrier_of(&note, manager::order::DLM);
+            let node = &mut self.nodes[i];
+            if let (Some(mut b), Some(dlm)) = (barrier, node.dlm.as_mut()) {
+                b.key = self.next_dlm_key;
+                self.next_dlm_key += 1;
+                dlm.handle_barrier(b.clone());
+                node.dlm_notes.push((b.key, note));
+                continue;
+            }
             self.answered.entry(note.key()).or_default().insert(id.0);
             self.nodes[i].core.as_mut().expect("running").handle_reply(note.key(), false);
         }
-        let reach = self.nodes[i].reach;
+        let reach = self.reach_of(i);
         self.nodes[i].core.as_mut().expect("running").set_reachable(local, reach);
+        // A node past its fence deadline (it was frozen, or its disk stalled) fences before
+        // anything else runs: its watchdog ends the process, lock clients and all.
+        let fenced = self.nodes[i].core.as_ref().expect("running").fence_deadline().is_some_and(|d| local > d);
+        if let (Some(dlm), false) = (self.nodes[i].dlm.as_mut(), fenced) {
+            dlm.handle_timeout(local);
+            for said in self.load.act(i, dlm, local, &mut self.rng) {
+                self.log(format!("node {id}: {said}"));
+            }
+            self.drain_dlm(i)?;
+        }
         // An I/O in flight: complete it when due; a lost disk never completes, and the fence
         // watchdog thread ends the process at the deadline.
         if let Some((at, _)) = &self.nodes[i].pending {
@@ -990,6 +1061,7 @@ impl World {
         // The incarnation this daemon ran as (none if it stopped before it took its slot: that
         // incarnation number was never used, and the next daemon may take it).
         self.nodes[i].core = None;
+        self.stop_dlm(i);
         let ran = self.nodes[i].ran_incarnation.take();
         if let Some(incarnation) = ran {
             self.ended_at.insert((id.0, incarnation), self.t);
@@ -1085,6 +1157,123 @@ impl World {
             self.nodes[i].inbox.push((self.t + delay, note));
         }
         self.check_masters()
+    }
+
+    /// What node `i`'s interconnect reaches: as scripted, or every other running node when
+    /// neither end's links are cut (a frozen node's links stay up: its peers' frames wait in
+    /// its socket buffers).
+    fn reach_of(&self, i: usize) -> Option<NodeSet> {
+        if self.nodes[i].reach_scripted {
+            return self.nodes[i].reach;
+        }
+        if self.config.nodes > DLM_NODES_MAX {
+            return None; // no lock manager, no interconnect
+        }
+        let cut = |j: usize| self.nodes[j].links_cut_until > self.t;
+        let peers: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&j| j != i && !cut(i) && !cut(j) && self.nodes[j].core.is_some())
+            .map(|j| self.nodes[j].id)
+            .collect();
+        Some(NodeSet::of(&peers))
+    }
+
+    /// The daemon of node `i` ended: its lock manager and its clients with it, and what it was
+    /// notified of (a later daemon of the node, taking part in the same transitions as a
+    /// joining node does, is notified afresh).
+    fn stop_dlm(&mut self, i: usize) {
+        self.nodes[i].dlm = None;
+        self.nodes[i].dlm_notes.clear();
+        self.load.node_gone(i);
+        let id = self.nodes[i].id.0;
+        for notified in self.notified.values_mut() {
+            notified.remove(&id);
+        }
+    }
+
+    /// Takes node `i`'s lock manager outputs: frames, client events, and the barriers it is
+    /// done with, answered to the membership manager.
+    fn drain_dlm(&mut self, i: usize) -> Check {
+        let incarnations: Vec<u64> = self.nodes.iter().map(|n| n.incarnation).collect();
+        let t = self.nodes[i].local(self.t);
+        let mut lines = Vec::new();
+        let Some(dlm) = self.nodes[i].dlm.as_mut() else { return Ok(()) };
+        let acks = self.load.drain(i, dlm, t, &mut self.rng, &|j| incarnations[j], &mut |l| lines.push(l))?;
+        for line in lines {
+            self.log(line);
+        }
+        let id = self.nodes[i].id;
+        for key in acks {
+            let Some(k) = self.nodes[i].dlm_notes.iter().position(|(key2, _)| *key2 == key) else { continue };
+            let (_, note) = self.nodes[i].dlm_notes.remove(k);
+            self.answered.entry(note.key()).or_default().insert(id.0);
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                core.handle_reply(note.key(), false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames due on the interconnect reach their lock managers (a frozen node's wait in its
+    /// socket buffers; a cut link holds them until it heals).
+    fn deliver_frames(&mut self) -> Check {
+        let t = self.t;
+        let held: Vec<bool> =
+            self.nodes.iter().map(|n| n.links_cut_until > t || n.frozen_until > t || n.dlm.is_none()).collect();
+        let incarnations: Vec<u64> = self.nodes.iter().map(|n| n.incarnation).collect();
+        let due = self.load.due_frames(t, &|i| held[i], &|i| incarnations[i])?;
+        for (a, b, frames) in due {
+            let from = self.nodes[a].id;
+            let Some(dlm) = self.nodes[b].dlm.as_mut() else { continue };
+            for f in frames {
+                dlm.handle_frame(from, f);
+            }
+            self.drain_dlm(b)?;
+        }
+        Ok(())
+    }
+
+    /// The converged cluster's lock managers settle with every lock where its master says,
+    /// then release everything: no lock lost by recovery, none left behind, every request
+    /// ended.
+    fn check_locks(&mut self) -> Check {
+        self.load.new_requests = false;
+        self.load.holding = true;
+        if self.config.nodes > DLM_NODES_MAX {
+            return Ok(());
+        }
+        let quiet = |w: &World| {
+            w.load.links_empty()
+                && w.nodes.iter().all(|n| n.dlm.as_ref().is_some_and(|d| d.state() == dlm::State::Running))
+        };
+        let start = self.t;
+        while !quiet(self) {
+            if self.t - start > LOCKS_SETTLE_MS {
+                return fail("liveness", format!("the lock managers did not settle within {LOCKS_SETTLE_MS} ms"));
+            }
+            self.step()?;
+        }
+        let cores: Vec<&DlmCore> = self.nodes.iter().filter_map(|n| n.dlm.as_ref()).collect();
+        check_queues_match(&cores)?;
+        self.load.release_all();
+        let start = self.t;
+        loop {
+            let released = self.load.clients_idle()
+                && self.nodes.iter().filter_map(|n| n.dlm.as_ref()).all(|d| d.lock_count() == 0);
+            if released && quiet(self) {
+                break;
+            }
+            if self.t - start > LOCKS_SETTLE_MS {
+                let held: Vec<String> =
+                    (0..self.nodes.len()).map(|i| format!("node {}: [{}]", i + 1, self.load.describe(i))).collect();
+                return fail(
+                    "liveness",
+                    format!("locks not all released within {LOCKS_SETTLE_MS} ms: {}", held.join("; ")),
+                );
+            }
+            self.step()?;
+        }
+        let cores: Vec<&DlmCore> = self.nodes.iter().filter_map(|n| n.dlm.as_ref()).collect();
+        check_all_released(&cores)
     }
 
     /// Counts a node's I/O: its budget per heartbeat interval (a node must never spin on a
@@ -1266,7 +1455,11 @@ fn is_write(a: &Action) -> bool {
 /// The layers every simulated node registers: the four built-in orders, some with two barriers.
 pub fn standard_layers() -> Vec<LayerSpec> {
     vec![
-        LayerSpec { order: 10, name: "dlm".into(), barriers: Barriers { join: 2, leave: 1, forced_leave: 1 } },
+        LayerSpec {
+            order: manager::order::DLM,
+            name: "dlm".into(),
+            barriers: Barriers { join: dlm::BARRIERS, leave: dlm::BARRIERS, forced_leave: dlm::BARRIERS },
+        },
         LayerSpec { order: 20, name: "vdm".into(), barriers: Barriers::one_each() },
         LayerSpec { order: 30, name: "sfs".into(), barriers: Barriers { join: 1, leave: 2, forced_leave: 1 } },
         LayerSpec { order: 40, name: "em".into(), barriers: Barriers::one_each() },

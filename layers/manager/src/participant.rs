@@ -226,10 +226,12 @@ impl Participant {
     /// every participant's acknowledgement, ours perhaps among them. Returns how many nodes take
     /// part in the largest such transition (0: none waits on us).
     pub fn acks_awaited(&self, state: &ClusterState) -> usize {
+        // Looked up once per transition: both lists grow with the cluster (256 x 256).
+        let acked: BTreeMap<u64, Position> = self.acked.iter().map(|a| (a.transition, a.position)).collect();
         state
             .transitions
             .iter()
-            .filter(|t| t.participants.contains(self.me) && self.acked(t.id) == Some(t.position))
+            .filter(|t| t.participants.contains(self.me) && acked.get(&t.id) == Some(&t.position))
             .map(|t| t.participants.len())
             .max()
             .unwrap_or(0)
@@ -308,18 +310,31 @@ impl Participant {
             self.finished.push_back((t, p));
         }
         self.delivered.retain(|(t, _)| in_flight.contains(t));
-        let view: Vec<ViewMember> = NodeId::all(state.members.len() as u16)
-            .map(|node| {
-                let m = state.member(node);
-                let transition =
-                    state.transition_of(node).map(|t| InFlight { kind: t.kind, position: t.position, upper: t.upper });
-                ViewMember { node, state: m.state, incarnation: m.incarnation, transition }
-            })
-            .filter(|v| v.state != MemberState::Inactive)
-            .collect();
+        // Built once per state, and only if a notification goes out (most states bring none).
+        let mut view: Option<Vec<ViewMember>> = None;
+        let make_view = || {
+            let mut in_flight: Vec<Option<InFlight>> = vec![None; state.members.len()];
+            for t in &state.transitions {
+                if let Some(slot) = in_flight.get_mut(t.subject.index()) {
+                    *slot = Some(InFlight { kind: t.kind, position: t.position, upper: t.upper });
+                }
+            }
+            NodeId::all(state.members.len() as u16)
+                .map(|node| {
+                    let m = state.member(node);
+                    ViewMember { node, state: m.state, incarnation: m.incarnation, transition: in_flight[node.index()] }
+                })
+                .filter(|v| v.state != MemberState::Inactive)
+                .collect::<Vec<_>>()
+        };
+        // Participants are named by node: while the cluster still counts an earlier daemon of
+        // this node (until its forced leave), its positions are that daemon's to answer, not
+        // this one's; the master stops waiting for them when it forces that daemon out.
+        // (Answered from here, a layer of this daemon would act on a membership it is not in.)
+        let mine = state.member(self.me).incarnation == self.incarnation;
         let mut out = Vec::new();
         for t in &state.transitions {
-            if !t.participants.contains(self.me) {
+            if !t.participants.contains(self.me) || !mine {
                 continue;
             }
             let key = (t.id, t.position);
@@ -349,7 +364,7 @@ impl Participant {
                     position: t.position,
                     layer: layer.name.clone(),
                     state: (state.epoch, state.seq),
-                    view: view.clone(),
+                    view: view.get_or_insert_with(make_view).clone(),
                 }),
                 None => self.record_ack(t.id, t.position, false),
             }
