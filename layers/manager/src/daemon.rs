@@ -354,7 +354,8 @@ mod tests {
         let stops = Arc::new(AtomicUsize::new(0));
         let (s, f) = (stops.clone(), failed_writes.clone());
         let daemon = std::thread::spawn(move || {
-            let exit = run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &|| None, &mut |_| {});
+            let exit =
+                run(&db, test_config(2), &Registry::new(), OwnRecords::default(), &s, "test", &|| None, &mut |_| {});
             (exit.map_err(|e| e.to_string()), f.load(Ordering::SeqCst))
         });
         // Two seconds of failing writes: a back-off, not a spin.

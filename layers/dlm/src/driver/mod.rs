@@ -152,7 +152,11 @@ mod tests {
             node: NodeId(node),
             state,
             incarnation: inc,
-            transition: t.map(|(kind, order, barrier)| InFlight { kind, position: Position { order, barrier }, upper: None }),
+            transition: t.map(|(kind, order, barrier)| InFlight {
+                kind,
+                position: Position { order, barrier },
+                upper: None,
+            }),
         }
     }
 
