@@ -123,8 +123,10 @@ and the trace of its last events are printed; replay it with --seed).")]
     /// Run a narrated three-node cluster on a loop file in a temporary directory, then clean up.
     ///
     /// Formats a loop file, adds three nodes and starts three `sdc join` daemons, then narrates
-    /// a timeline: the joins, a graceful leave, a kill -9 and its forced leave, a rejoin, the
-    /// master's death and the new master, another rejoin. No arguments and no root needed.
+    /// a timeline: the joins, a graceful leave, two nodes contending for a lock through `sdc
+    /// lock` (its value block handed over valid), a kill -9 of the holder's node and its forced
+    /// leave (the waiter gets the lock, the value block not valid), a rejoin, the master's death
+    /// and the new master, another rejoin. No arguments and no root needed.
     #[command(after_help = "\
 The daemons are `sdc join` processes with four rehearsal layers; each logs to a file in the
 temporary directory (kept with --keep). Every step must happen within 20 s.
@@ -143,9 +145,9 @@ The lock's value block (32 bytes that travel with the lock) is in CMD's environm
                       trailing zero bytes are trimmed (all zeros: empty); unset otherwise
   SDC_LOCK_LVB_VALID  1 valid; 0 not valid: never written, or a pw/ex holder died (the value may
                       be stale: rebuild it from what it describes)
-  SDC_LOCK_LVB_OUT    modes pw and ex only: an empty file (in a fresh 0700 directory, removed
-                      when sdc lock exits) where CMD may write a new value, text or raw, at most
-                      32 bytes (one trailing newline after text is dropped; zero-padded).
+  SDC_LOCK_LVB_OUT    modes pw and ex only: an empty file, in a fresh 0700 directory in $TMPDIR
+                      removed when sdc lock exits, where CMD may write a new value, text or raw,
+                      at most 32 bytes (one trailing newline after text is dropped; zero-padded).
 When CMD ends, a non-empty file is written as the new value as the lock is released (it is then
 valid); an empty one leaves the value as it was. A value that cannot be written (longer than 32
 bytes, not a regular file, or the daemon did not confirm the unlock) is one line on stderr, the

@@ -495,3 +495,40 @@ pub fn show(a: LocksArgs) -> CmdResult {
     }
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lvb(b: &[u8]) -> Lvb {
+        let mut v = [0u8; LVB_BYTES];
+        v[..b.len()].copy_from_slice(b);
+        v
+    }
+
+    #[test]
+    fn the_value_block_is_text_only_when_printable_utf8() {
+        assert_eq!(lvb_text(&lvb(b"gen-7")), Some("gen-7"));
+        assert_eq!(lvb_text(&[0; LVB_BYTES]), Some(""));
+        assert_eq!(lvb_text(&lvb("né 42".as_bytes())), Some("né 42"));
+        assert_eq!(lvb_text(&lvb(b"a\nb")), None, "control characters");
+        assert_eq!(lvb_text(&lvb(b"a\0b")), None, "a zero byte inside");
+        assert_eq!(lvb_text(&lvb(&[0xff, 1])), None);
+        assert_eq!(lvb_text(&[b'x'; LVB_BYTES]), Some("x".repeat(LVB_BYTES).as_str()));
+    }
+
+    #[test]
+    fn what_cmd_writes_is_the_value_padded_and_at_most_32_bytes() {
+        assert_eq!(value_of(b"", 0), Ok(None));
+        assert_eq!(value_of(b"\n", 1), Ok(None));
+        assert_eq!(value_of(b"gen-7", 5), Ok(Some(lvb(b"gen-7"))));
+        assert_eq!(value_of(b"gen-7\n", 6), Ok(Some(lvb(b"gen-7"))), "echo's newline is dropped");
+        assert_eq!(value_of(b"a\n\n", 3), Ok(Some(lvb(b"a\n\n"))), "not text: as it is");
+        assert_eq!(value_of(&[1, 0xff, b'\n'], 3), Ok(Some(lvb(&[1, 0xff, b'\n']))), "raw bytes as they are");
+        let full = [b'x'; LVB_BYTES];
+        assert_eq!(value_of(&full, 32), Ok(Some(full)));
+        assert_eq!(value_of(&[&full[..], b"\n"].concat(), 33), Ok(Some(full)));
+        let err = value_of(&[b'x'; LVB_BYTES + 2], 40).unwrap_err();
+        assert!(err.contains("40 bytes") && err.contains("more than the 32"), "{err}");
+    }
+}
