@@ -24,9 +24,26 @@ fn demo_runs_the_whole_story_and_cleans_up() {
         "is master (epoch 2)",
         "rejoins with incarnation 2",
         "demo complete",
+        // The value block through `sdc lock` and the real lock manager: a clean handover
+        // carries it, valid; the kill -9 of its EX holder's node leaves it not valid.
+        "printed `value=42 valid=1`: a clean handover carries the value block, valid",
+        "waits for EX",
+        "value block valid",
+        "the lock holder's node dies",
+        "with SIGKILL and exited 9",
+        "the lock was lost while the command ran",
+        "valid=0`: the value block is NOT valid, because its EX holder died",
     ] {
         assert!(stdout.contains(step), "the demo did not tell {step:?}:\n{stdout}");
     }
+    // In that order: the handover, the holder's loss, then the waiter's grant.
+    let at = |needle: &str| stdout.find(needle).unwrap_or_else(|| panic!("{needle:?} in:\n{stdout}"));
+    assert!(at("value=42 valid=1") < at("the lock holder's node dies"), "{stdout}");
+    assert!(at("the lock holder's node dies") < at("exited 9"), "{stdout}");
+    assert!(at("exited 9") < at("valid=0`"), "{stdout}");
+    // The lock table it prints: the holder granted EX, the other node waiting.
+    assert!(stdout.contains("default/demo-license  (value block valid)"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("waiting") && l.ends_with("requested ex")), "{stdout}");
     // Each rejoin says how the restarted daemon took its slot over, as its log tells.
     let rejoins: Vec<&str> = stdout.lines().filter(|l| l.contains("rejoins with incarnation")).collect();
     assert_eq!(rejoins.len(), 2, "{stdout}");

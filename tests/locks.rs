@@ -234,9 +234,15 @@ fn a_client_killed_while_holding_a_lock_releases_it_and_a_dead_daemon_kills_the_
     let out = c.sdc_raw(&lock_args(&c, "2", &["--timeout", "20", "job", "--", "true"]));
     assert_ok(&out);
 
-    // The daemon holding a lock for a running command dies: the command is killed, exit 9.
+    // The daemon holding a lock for a running command dies: the command is killed at once
+    // with SIGKILL (no SIGTERM it could linger on), exit 9.
     let pidfile = c.dir.path().join("pid2");
-    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let termed = c.dir.path().join("termed");
+    let script = format!(
+        "trap 'touch {}' TERM; echo $$ > {}; while :; do sleep 0.05; done",
+        termed.display(),
+        pidfile.display()
+    );
     let mut holder =
         c.spawn(&lock_args(&c, "2", &["job", "--", "sh", "-c", &script]), &c.dir.path().join("holder2.log"));
     wait_file(&c, &pidfile);
@@ -245,10 +251,75 @@ fn a_client_killed_while_holding_a_lock_releases_it_and_a_dead_daemon_kills_the_
     let status = wait_exit(&c, &mut holder, "sdc lock exits once its daemon is gone");
     let log = log_text(&c.dir.path().join("holder2.log"));
     assert_eq!(status.code(), Some(9), "{log}");
-    assert!(log.contains("lock was lost"), "{log}");
+    assert!(log.contains("lock was lost") && log.contains("SIGKILL"), "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("sdc: error")).count(), 1, "one line: {log}");
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     // SAFETY: signal 0 only asks whether the pid exists.
-    c.wait_until(DEADLINE, "the command was killed", || unsafe { libc::kill(pid, 0) } != 0);
+    assert!(unsafe { libc::kill(pid, 0) } != 0, "the command is gone once sdc lock has exited 9");
+    assert!(!termed.exists(), "the command got SIGTERM, not SIGKILL at once");
+}
+
+/// Runs `sdc lock --node NODE [extra] NAME -- sh -c SCRIPT` to its end.
+fn lock_sh(c: &Cluster, node: &str, extra: &[&str], name: &str, script: &str) -> std::process::Output {
+    let mut rest: Vec<&str> = extra.to_vec();
+    rest.extend_from_slice(&["--timeout", "20", name, "--", "sh", "-c", script]);
+    let out = c.sdc_raw(&lock_args(c, node, &rest));
+    assert_no_panic(&out);
+    out
+}
+
+/// The value block through `sdc lock`: CMD reads it from its environment and, holding pw or
+/// ex, writes the next value to the file `SDC_LOCK_LVB_OUT` names; the next holder, on any
+/// node, reads it, valid.
+#[test]
+fn sdc_lock_hands_the_value_block_to_cmd_and_writes_what_cmd_leaves() {
+    let c = running_cluster(2);
+    let show = r#"echo "[$SDC_LOCK_LVB_TEXT] $SDC_LOCK_LVB_VALID $SDC_LOCK_LVB"; echo "out=${SDC_LOCK_LVB_OUT-unset}""#;
+    let zeros = "0".repeat(64);
+
+    // The first lock ever of a name: 32 zero bytes, not valid; an empty file to write to, in a
+    // directory of its own (0700) that is gone when sdc lock exits.
+    let out = lock_sh(&c, "2", &[], "gen", &format!("{show}; stat -c %a \"$(dirname \"$SDC_LOCK_LVB_OUT\")\"; test -f \"$SDC_LOCK_LVB_OUT\" && test ! -s \"$SDC_LOCK_LVB_OUT\""));
+    assert_ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("[] 0 {zeros}"), "{text}");
+    let path = lines[1].strip_prefix("out=").expect("SDC_LOCK_LVB_OUT is set in ex");
+    assert_eq!(lines[2], "700", "{text}");
+    assert!(!Path::new(path).exists(), "{path} is removed when sdc lock exits");
+    assert!(!Path::new(path).parent().unwrap().exists(), "its directory is removed too");
+
+    // Node 1 writes gen-7 (nothing but the bytes written: printf).
+    let out = lock_sh(&c, "1", &[], "gen", r#"printf gen-7 > "$SDC_LOCK_LVB_OUT""#);
+    assert_ok(&out);
+    // Node 2 reads it, valid; as text and as hex.
+    let out = lock_sh(&c, "2", &[], "gen", r#"echo "$SDC_LOCK_LVB_TEXT $SDC_LOCK_LVB_VALID""#);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), "gen-7 1", "{}", describe(&out));
+    let out = lock_sh(&c, "2", &["--mode", "pr"], "gen", show);
+    assert_ok(&out);
+    let hex = format!("{}{}", "67656e2d37", "0".repeat(54));
+    assert_eq!(stdout(&out), format!("[gen-7] 1 {hex}\nout=unset\n"), "a reader gets no file to write");
+
+    // `echo` writes text and a newline: the newline is dropped. Raw bytes are not text.
+    assert_ok(&lock_sh(&c, "1", &["--mode", "pw"], "gen", r#"echo gen-8 > "$SDC_LOCK_LVB_OUT""#));
+    let out = lock_sh(&c, "2", &[], "gen", r#"echo "$SDC_LOCK_LVB_TEXT $SDC_LOCK_LVB_VALID""#);
+    assert_eq!(stdout(&out).trim(), "gen-8 1", "{}", describe(&out));
+    assert_ok(&lock_sh(&c, "1", &[], "gen", r#"printf '\001\377\n' > "$SDC_LOCK_LVB_OUT""#));
+    let out = lock_sh(&c, "2", &[], "gen", r#"echo "${SDC_LOCK_LVB_TEXT-unset} $SDC_LOCK_LVB_VALID $SDC_LOCK_LVB""#);
+    assert_eq!(stdout(&out).trim(), format!("unset 1 01ff0a{}", "0".repeat(58)), "{}", describe(&out));
+
+    // A value longer than 32 bytes: one line, the lock released without it; exit 1 when CMD
+    // succeeded, else CMD's status.
+    let out = lock_sh(&c, "1", &[], "gen", r#"printf %040d 0 > "$SDC_LOCK_LVB_OUT""#);
+    assert_error(&out, 1, &["40 bytes", "more than the 32", "released the lock without writing it"]);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", describe(&out));
+    let out = lock_sh(&c, "1", &[], "gen", r#"printf %040d 0 > "$SDC_LOCK_LVB_OUT"; exit 5"#);
+    assert_error(&out, 5, &["40 bytes"]);
+    // An empty file leaves the value as it was.
+    assert_ok(&lock_sh(&c, "1", &[], "gen", "true"));
+    let out = lock_sh(&c, "2", &[], "gen", r#"echo "$SDC_LOCK_LVB $SDC_LOCK_LVB_VALID""#);
+    assert_eq!(stdout(&out).trim(), format!("01ff0a{} 1", "0".repeat(58)), "{}", describe(&out));
 }
 
 /// Regression of the daemon's inputs: a node without an interconnect address, a rehearsal

@@ -123,8 +123,10 @@ and the trace of its last events are printed; replay it with --seed).")]
     /// Run a narrated three-node cluster on a loop file in a temporary directory, then clean up.
     ///
     /// Formats a loop file, adds three nodes and starts three `sdc join` daemons, then narrates
-    /// a timeline: the joins, a graceful leave, a kill -9 and its forced leave, a rejoin, the
-    /// master's death and the new master, another rejoin. No arguments and no root needed.
+    /// a timeline: the joins, a graceful leave, two nodes contending for a lock through `sdc
+    /// lock` (its value block handed over valid), a kill -9 of the holder's node and its forced
+    /// leave (the waiter gets the lock, the value block not valid), a rejoin, the master's death
+    /// and the new master, another rejoin. No arguments and no root needed.
     #[command(after_help = "\
 The daemons are `sdc join` processes with four rehearsal layers; each logs to a file in the
 temporary directory (kept with --keep). Every step must happen within 20 s.
@@ -135,13 +137,31 @@ says which), 130 interrupted by Ctrl-C. The daemons are killed on every way out.
     #[command(after_help = "\
 Asks the lock manager of the node's running daemon (through its control socket) for the lock
 LOCKSPACE/NAME in MODE, runs CMD once it is granted, releases the lock when CMD ends and exits
-with CMD's status. If the daemon's connection drops while CMD runs (the node was fenced, forced
-out or stopped: the lock is no longer held), CMD's process group gets SIGTERM, then SIGKILL 2 s
-later, and sdc lock exits 9. SIGINT and SIGTERM are passed on to CMD.
+with CMD's status. SIGINT and SIGTERM are passed on to CMD.
+
+The lock's value block (32 bytes that travel with the lock) is in CMD's environment:
+  SDC_LOCK_LVB        the 32 bytes as 64 lowercase hex digits
+  SDC_LOCK_LVB_TEXT   the value as text, when it is UTF-8 without control characters once its
+                      trailing zero bytes are trimmed (all zeros: empty); unset otherwise
+  SDC_LOCK_LVB_VALID  1 valid; 0 not valid: never written, or a pw/ex holder died (the value may
+                      be stale: rebuild it from what it describes)
+  SDC_LOCK_LVB_OUT    modes pw and ex only: an empty file, in a fresh 0700 directory in $TMPDIR
+                      removed when sdc lock exits, where CMD may write a new value, text or raw,
+                      at most 32 bytes (one trailing newline after text is dropped; zero-padded).
+When CMD ends, a non-empty file is written as the new value as the lock is released (it is then
+valid); an empty one leaves the value as it was. A value that cannot be written (longer than 32
+bytes, not a regular file, or the daemon did not confirm the unlock) is one line on stderr, the
+lock is released without it, and sdc lock exits 1 if CMD exited 0, else with CMD's status.
+
+If the lock is lost while CMD runs (the daemon's connection drops: the node was fenced, forced
+out or stopped), CMD's process group is killed at once with SIGKILL (the other nodes may take the
+lock as soon as this node is known stopped), sdc lock waits up to 5 s for it to end and exits 9.
 Example:
   sdc lock --disk /dev/sdb --node 1 nightly-backup -- /usr/local/bin/backup.sh
-Exit status: CMD's status; 1 error (no daemon, bad name or mode, CMD cannot be run); 8 the lock
-was not granted (at once with --nowait, or within --timeout); 9 the lock was lost while CMD ran.")]
+  sdc lock gen -- sh -c 'echo $((${SDC_LOCK_LVB_TEXT:-0} + 1)) > \"$SDC_LOCK_LVB_OUT\"'
+Exit status: CMD's status; 1 error (no daemon, bad name or mode, CMD cannot be run, its new value
+not written); 8 the lock was not granted (at once with --nowait, or within --timeout); 9 the lock
+was lost while CMD ran.")]
     Lock(LockArgs),
     /// Show the lock table as one node's lock manager sees it (like dlm_tool lockdebug).
     #[command(after_help = "\

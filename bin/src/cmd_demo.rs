@@ -1,6 +1,9 @@
 //! `sdc demo`: a three-node cluster on a loop file in a temporary directory, with a narrated
-//! timeline of what the membership manager does: three joins, a graceful leave, a kill -9 and
-//! its forced leave, a rejoin, the master's death and the new master, and a second rejoin.
+//! timeline of what the membership manager does: three joins, a graceful leave, two nodes
+//! contending for a lock through `sdc lock` (a clean handover carries the value block, valid),
+//! a kill -9 of the holder's node and its forced leave (the holder's `sdc lock` kills its
+//! command and exits 9; the waiter gets the lock, its value block not valid), a rejoin, the
+//! master's death and the new master, and a second rejoin.
 //!
 //! The daemons are child processes of this same binary (`sdc join`: the lock manager and three rehearsal layers),
 //! each logging to its own file in the temporary directory. The demo drives the scenario by
@@ -37,6 +40,12 @@ const _: () = assert!(SLOW.fence_ms >= 3 * SLOW.heartbeat_ms && SLOW.fence_ms + 
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(25);
+/// How long an `sdc lock` still running at the end may take to stop its command after SIGTERM.
+const LOCK_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The lock the demo's nodes contend for.
+const LOCK_NAME: &str = "demo-license";
+/// What the reading commands print: the value block as text, and whether it is valid.
+const SHOW_LVB: &str = r#"echo "value=$SDC_LOCK_LVB_TEXT valid=$SDC_LOCK_LVB_VALID""#;
 
 fn layer_title(name: &str) -> String {
     match name {
@@ -114,6 +123,18 @@ fn node_of(s: &ClusterStatus, node: u16) -> Option<&NodeStatus> {
 // ---------------------------------------------------------------------------------------------
 // The demo
 
+/// The lock handed from node `a` to node `b` through the kill of node `a`.
+#[derive(Debug, Clone, Copy)]
+struct LockScene {
+    a: u16,
+    b: u16,
+    /// Indexes in `Demo::locks`: a's `sdc lock` holding EX, and b's waiting.
+    holder: usize,
+    waiter: usize,
+    /// The pid of the command node a's `sdc lock` runs.
+    holder_pid: i32,
+}
+
 /// One `sdc join` daemon the demo started.
 struct NodeDaemon {
     node: u16,
@@ -132,6 +153,10 @@ struct Demo {
     timing: Timing,
     db: Option<MembershipDb>,
     daemons: Vec<NodeDaemon>,
+    /// The `sdc lock` commands started in the background, and when each was first seen ended
+    /// (every wait looks).
+    locks: Vec<Daemon>,
+    lock_ended: Vec<Option<u64>>,
     /// Set when stdout cannot be written.
     stdout_error: std::cell::RefCell<Option<String>>,
 }
@@ -164,8 +189,19 @@ impl Demo {
         self.disk.display().to_string()
     }
 
-    /// Kills every daemon still running; returns how many there were.
+    /// Kills every daemon still running; returns how many there were. The `sdc lock` commands
+    /// still running get SIGTERM first, which they pass on to their commands before releasing
+    /// their locks and exiting (a SIGKILL would leave their commands behind).
     fn kill_all(&mut self) -> usize {
+        for l in &self.locks {
+            let _ = l.signal(libc::SIGTERM);
+        }
+        let deadline = Instant::now() + LOCK_STOP_TIMEOUT;
+        for l in &mut self.locks {
+            if !matches!(l.wait(deadline), Ok(Some(_))) {
+                let _ = l.kill();
+            }
+        }
         let mut killed = 0;
         for d in &mut self.daemons {
             if d.daemon.exit().is_none() {
@@ -253,12 +289,13 @@ impl Demo {
     fn wait<T>(
         &mut self,
         what: &str,
-        mut ready: impl FnMut(&Demo) -> Result<Option<T>, Failure>,
+        mut ready: impl FnMut(&mut Demo) -> Result<Option<T>, Failure>,
     ) -> Result<T, Failure> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             self.check_interrupted()?;
             self.check_daemons()?;
+            self.note_lock_ends();
             if let Some(v) = ready(self)? {
                 return Ok(v);
             }
@@ -519,8 +556,8 @@ impl Demo {
         Ok(())
     }
 
-    /// kill -9 of a node that is not master; the master forces it out.
-    fn kill_member(&mut self, node: u16, incarnation: u64) -> Result<(), Failure> {
+    /// kill -9 of a node that is not master (`why`: what that node is doing); the master forces it out.
+    fn kill_member(&mut self, node: u16, incarnation: u64, why: &str) -> Result<u64, Failure> {
         let s = self.status()?;
         let master = s.master.map(|m| m.0).filter(|&m| m != node);
         let Some(master) = master else {
@@ -531,7 +568,7 @@ impl Demo {
         self.expect_member(node, "its kill -9")?;
         let pid = self.daemons[i].daemon.pid();
         let killed_at = self.kill9(i);
-        self.say(format!("kill -9 node {node} ({}), pid {pid}", name(node)));
+        self.say(format!("kill -9 node {node} ({}), pid {pid}{why}", name(node)));
         let done_prefix = format!("master: forced-leave of node {node} complete");
         let done_at = self.wait(&format!("the master to force node {node} out"), |d| {
             let s = d.status()?;
@@ -549,7 +586,7 @@ impl Demo {
             self.timing.dead_ms,
             done_at - killed_at
         ));
-        Ok(())
+        Ok(killed_at)
     }
 
     /// kill -9 of the master; another node takes over and forces it out. Returns the new master.
@@ -595,6 +632,181 @@ impl Demo {
         Ok(new)
     }
 
+    /// `sdc lock --disk D --node N ARGS...` as the demo runs it.
+    fn lock_args(&self, node: u16, rest: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> =
+            ["lock", "--disk", &self.disk_str(), "--node", &node.to_string()].iter().map(|s| s.to_string()).collect();
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Starts an `sdc lock` in the background, logging to a file of its own; its index.
+    fn spawn_lock(&mut self, node: u16, rest: &[&str]) -> Result<usize, Failure> {
+        let log = self.dir.join(format!("lock{}-node{node}.log", self.locks.len() + 1));
+        let d = self.sdc.spawn(self.lock_args(node, rest), &log).map_err(|e| Failure::from(e.to_string()))?;
+        self.locks.push(d);
+        self.lock_ended.push(None);
+        Ok(self.locks.len() - 1)
+    }
+
+    /// Records when each `sdc lock` is first seen ended.
+    fn note_lock_ends(&mut self) {
+        for (l, ended) in self.locks.iter_mut().zip(self.lock_ended.iter_mut()) {
+            if ended.is_none() && matches!(l.try_wait(), Ok(Some(_))) {
+                *ended = Some(unix_ms());
+            }
+        }
+    }
+
+    /// Waits until `sdc lock` number `i` has ended; its status and when it was seen ended.
+    fn lock_end(&mut self, i: usize, what: &str) -> Result<(std::process::ExitStatus, u64), Failure> {
+        self.wait(what, |d| Ok(d.lock_ended[i].and_then(|t| d.locks[i].exit().map(|s| (s, t)))))
+    }
+
+    /// `sdc locks --json` of `node`, when its daemon answers.
+    fn locks_json(&self, node: u16) -> Option<serde_json::Value> {
+        let out = self
+            .sdc
+            .run(
+                ["locks", "--disk", &self.disk_str(), "--node", &node.to_string(), "--json"],
+                Instant::now() + STEP_TIMEOUT,
+            )
+            .ok()?;
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// The value block through `sdc lock`: node `a` writes 42 and hands the lock over cleanly to
+    /// node `b`, which reads 42, valid; then `a` holds the lock in EX and `b` waits for it.
+    fn lock_contention(&mut self, a: u16, b: u16) -> Result<LockScene, Failure> {
+        self.expect_member(a, "it takes a lock")?;
+        self.expect_member(b, "it takes a lock")?;
+        let write = r#"printf 42 > "$SDC_LOCK_LVB_OUT""#;
+        self.sdc(
+            &self.lock_args(a, &[LOCK_NAME, "--", "sh", "-c", write]).iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
+        self.say(format!(
+            "node {a} ({}): sdc lock {LOCK_NAME} -- sh -c '{write}': held in EX, its command wrote 42, and sdc lock \
+             released the lock writing 42 into its value block (32 bytes that travel with the lock)",
+            name(a)
+        ));
+        let read = self.sdc(
+            &self
+                .lock_args(b, &["--mode", "pr", LOCK_NAME, "--", "sh", "-c", SHOW_LVB])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )?;
+        let read = read.trim();
+        if read != "value=42 valid=1" {
+            return fail(format!("node {b} should have read the value 42, valid, after a clean handover, but its command printed {read:?}{}", self.hint()));
+        }
+        self.say(format!(
+            "node {b} ({}): sdc lock --mode pr {LOCK_NAME} -- sh -c '{SHOW_LVB}' printed `{read}`: a clean handover \
+             carries the value block, valid",
+            name(b)
+        ));
+        // Node a holds it in EX and writes nothing; node b waits.
+        let pidfile = self.dir.join("holder.pid");
+        let hold = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+        let holder = self.spawn_lock(a, &[LOCK_NAME, "--", "sh", "-c", &hold])?;
+        let holder_pid = self.wait(&format!("node {a}'s sdc lock to hold {LOCK_NAME}"), |d| {
+            if let Some(status) = d.locks[holder].try_wait()? {
+                return fail(format!(
+                    "node {a}'s sdc lock ended ({}): {}",
+                    exit_text(status),
+                    last_line(d.locks[holder].log())
+                ));
+            }
+            Ok(std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()))
+        })?;
+        self.say(format!(
+            "node {a} ({}): sdc lock {LOCK_NAME} -- sh -c 'echo $$ > holder.pid; exec sleep 600': holds it in EX, \
+             writing nothing",
+            name(a)
+        ));
+        let waiter = self.spawn_lock(b, &[LOCK_NAME, "--", "sh", "-c", SHOW_LVB])?;
+        let waiting = |v: &serde_json::Value| {
+            v["locks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["name"] == LOCK_NAME && l["granted"].is_null() && l["requested"] == "ex")
+        };
+        self.wait(&format!("node {b}'s sdc lock to wait for {LOCK_NAME}"), |d| {
+            if let Some(status) = d.locks[waiter].try_wait()? {
+                return fail(format!(
+                    "node {b}'s sdc lock ended ({}) while node {a} held the lock: {}",
+                    exit_text(status),
+                    last_line(d.locks[waiter].log())
+                ));
+            }
+            Ok(d.locks_json(b).filter(|v| waiting(v)).map(|_| ()))
+        })?;
+        self.say(format!("node {b} ({}): sdc lock {LOCK_NAME} -- sh -c '{SHOW_LVB}': waits for EX", name(b)));
+        // The lock table of the node that masters the resource.
+        let master = [a, b].into_iter().find(|&n| {
+            self.locks_json(n)
+                .is_some_and(|v| v["mastered"].as_array().into_iter().flatten().any(|r| r["name"] == LOCK_NAME))
+        });
+        if let Some(m) = master {
+            let table = self.sdc(&["locks", "--disk", &self.disk_str(), "--node", &m.to_string()])?;
+            self.say(format!(
+                "sdc locks --node {m} (node {m} masters {LOCK_NAME}: node {a} granted EX, node {b} waiting):"
+            ));
+            self.print(&format!("\n{table}\n"));
+        }
+        Ok(LockScene { a, b, holder, holder_pid, waiter })
+    }
+
+    /// After node `a`'s kill -9: its sdc lock lost the lock and killed its command; node `b`
+    /// got the lock once the survivors recovered, its value block not valid.
+    fn lock_after_kill(&mut self, scene: &LockScene, killed_at: u64) -> Result<(), Failure> {
+        let LockScene { a, b, holder, holder_pid, waiter } = *scene;
+        let (status, lost_at) = self.lock_end(holder, &format!("node {a}'s sdc lock to exit"))?;
+        let line = last_line(self.locks[holder].log());
+        if status.code() != Some(9) || !line.contains("lock was lost") {
+            return fail(format!(
+                "node {a}'s sdc lock should have lost its lock and exited 9, but it ended with {}: {line}{}",
+                exit_text(status),
+                self.hint()
+            ));
+        }
+        // SAFETY: signal 0 only asks whether the command's process still exists.
+        if unsafe { libc::kill(holder_pid, 0) } == 0 {
+            return fail(format!(
+                "node {a}'s sdc lock exited 9 but its command (pid {holder_pid}) still runs{}",
+                self.hint()
+            ));
+        }
+        let (status, got_at) = self.lock_end(waiter, &format!("node {b}'s sdc lock to get {LOCK_NAME} and exit"))?;
+        let out = procs::log_text(self.locks[waiter].log());
+        let printed = out.lines().find(|l| l.starts_with("value=")).unwrap_or("").to_string();
+        if status.code() != Some(0) || !printed.ends_with(" valid=0") {
+            return fail(format!(
+                "node {b}'s sdc lock should have run its command with the value block not valid, but it ended with {} and printed {printed:?}{}",
+                exit_text(status),
+                self.hint()
+            ));
+        }
+        if got_at < lost_at {
+            return fail(format!("node {b}'s sdc lock ended before node {a}'s lost the lock{}", self.hint()));
+        }
+        self.say(format!(
+            "node {a}'s sdc lock saw its daemon's connection drop: it killed its command (pid {holder_pid}) at once \
+             with SIGKILL and exited 9, seen ended {} ms after the kill: `{}`",
+            lost_at.saturating_sub(killed_at),
+            line.trim_start_matches("sdc: error: ")
+        ));
+        self.say(format!(
+            "node {b} got {LOCK_NAME} only once the survivors had forced node {a} out and recovered the lock (its \
+             sdc lock seen ended {} ms after the kill): its command printed `{printed}`: the value block is NOT valid, \
+             because its EX holder died (it may have changed what the value describes without writing it): \
+             rebuild it from the data it describes",
+            got_at.saturating_sub(killed_at)
+        ));
+        Ok(())
+    }
+
     fn scenario(&mut self) -> Result<(), Failure> {
         self.say(format!(
             "sdc demo: a three-node cluster in {} ({})",
@@ -614,7 +826,9 @@ impl Demo {
         let others: Vec<u16> = (1..=3).filter(|&n| n != first_master).collect();
         let (victim, leaver) = (others[0], others[1]);
         self.graceful_leave(leaver, incarnation[leaver as usize])?;
-        self.kill_member(victim, incarnation[victim as usize])?;
+        let scene = self.lock_contention(victim, first_master)?;
+        let killed_at = self.kill_member(victim, incarnation[victim as usize], ": the lock holder's node dies")?;
+        self.lock_after_kill(&scene, killed_at)?;
         self.join(victim)?;
         let old = self.status()?.master.map_or(first_master, |m| m.0);
         let new = self.kill_master()?;
@@ -654,13 +868,16 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let mut demo = Demo {
         started: Instant::now(),
         // The daemons' control sockets live (and die) with the demo's directory.
-        sdc: Sdc::new(exe).with_env(dlm::driver::control::RUN_DIR_ENV, dir.join("run")),
+        // So do the files `sdc lock` makes for its commands.
+        sdc: Sdc::new(exe).with_env(dlm::driver::control::RUN_DIR_ENV, dir.join("run")).with_env("TMPDIR", &dir),
         disk: dir.join("cluster.img"),
         dir,
         keep: a.keep,
         timing: if a.slow { SLOW } else { FAST },
         db: None,
         daemons: Vec::new(),
+        locks: Vec::new(),
+        lock_ended: Vec::new(),
         stdout_error: Default::default(),
     };
     demo.scenario()?;

@@ -401,9 +401,10 @@ impl Cluster {
         self.disk.to_str().expect("UTF-8 path")
     }
 
-    /// The binary, with this cluster's run directory.
+    /// The binary, with this cluster's run directory, and its temporary directory as TMPDIR (so
+    /// what a killed `sdc lock` leaves there goes with the test's directory).
     pub fn bin(&self) -> Sdc {
-        bin().with_env("SDC_RUN_DIR", &self.run_dir)
+        bin().with_env("SDC_RUN_DIR", &self.run_dir).with_env("TMPDIR", self.dir.path())
     }
 
     /// Runs `sdc ARGS --disk DISK`.

@@ -20,7 +20,7 @@
 //!  "noqueue":false,"timeout_ms":5000}               lockspace defaults to "default"
 //! {"v":1,"id":2,"op":"convert","lock":7,"mode":"pr","noqueue":false,"quecvt":false,
 //!  "timeout_ms":null,"lvb":"<64 hex digits>"}        lvb optional (written converting down from pw/ex)
-//! {"v":1,"id":3,"op":"unlock","lock":7,"lvb":null}
+//! {"v":1,"id":3,"op":"unlock","lock":7,"lvb":null} lvb optional (written when held in pw/ex)
 //! {"v":1,"id":4,"op":"cancel","lock":7}
 //! {"v":1,"id":5,"op":"snapshot"}
 //! ```
@@ -38,6 +38,12 @@
 //! {"reply":"snapshot","id":5,"snapshot":{...}}               see `sdc locks --json`
 //! {"reply":"error","id":2,"message":"..."}  the request was refused; nothing changed
 //! ```
+//!
+//! A value block (`"lvb"`) is always the 32 bytes as 64 hex digits. A `lock` reply `granted`
+//! carries the resource's value block and whether it is valid (`lvb_valid`: false before the
+//! first write, and after a pw or ex holder died); an `unlock` or a `convert` down from pw or
+//! ex writes the `lvb` it carries (and makes it valid), else leaves it as it was. `sdc lock`
+//! hands it to its command (`SDC_LOCK_LVB`, `SDC_LOCK_LVB_OUT`).
 //!
 //! A client's locks are released when its connection closes, like flock(2): a process that
 //! dies releases what it held. When the daemon stops (a fence, a forced leave, a leave) every
@@ -431,11 +437,13 @@ fn lock_error_name(e: LockError) -> &'static str {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// A value block (or any bytes) as lowercase hex digits, as the protocol carries it.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Result<Lvb, String> {
+/// A value block from its 64 hex digits.
+pub fn unhex(s: &str) -> Result<Lvb, String> {
     let bad = || format!("lvb must be {} hex digits", 2 * LVB_BYTES);
     if s.len() != 2 * LVB_BYTES || !s.is_ascii() {
         return Err(bad());
