@@ -121,8 +121,8 @@ fn main() {
     println!();
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = Vec::new();
-    let mut step = |name: &str, f: &mut dyn FnMut(&mut Vec<Row>) -> Result<()>, rows: &mut Vec<Row>| {
-        if !run(name) || procs::interrupted().is_some() {
+    let mut step = |name: &str, enabled: bool, f: &mut dyn FnMut(&mut Vec<Row>) -> Result<()>, rows: &mut Vec<Row>| {
+        if !enabled || procs::interrupted().is_some() {
             return;
         }
         let t = Instant::now();
@@ -133,13 +133,12 @@ fn main() {
         println!("  ({name}: {:.1} s; {})", t.elapsed().as_secs_f64(), common::load_average());
         println!();
     };
-    step("core", &mut |rows| bench_core(&opts, rows), &mut rows);
-    step("client", &mut |rows| bench_client(&opts, rows), &mut rows);
-    step("remote", &mut |rows| bench_remote(&opts, rows, false), &mut rows);
-    step("pingpong", &mut |rows| bench_remote(&opts, rows, true), &mut rows);
-    if run("cli") || run("recovery") {
-        step("cluster", &mut |rows| bench_cluster(&opts, run_dir.path(), rows, run("cli"), run("recovery")), &mut rows);
-    }
+    step("core", run("core"), &mut |rows| bench_core(&opts, rows), &mut rows);
+    step("client", run("client"), &mut |rows| bench_client(&opts, rows), &mut rows);
+    step("remote", run("remote"), &mut |rows| bench_remote(&opts, rows, false), &mut rows);
+    step("pingpong", run("pingpong"), &mut |rows| bench_remote(&opts, rows, true), &mut rows);
+    let (cli, recovery) = (run("cli"), run("recovery"));
+    step("daemons", cli || recovery, &mut |rows| bench_cluster(&opts, run_dir.path(), rows, cli, recovery), &mut rows);
     println!("Summary:");
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     for r in &rows {
