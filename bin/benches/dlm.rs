@@ -348,11 +348,28 @@ fn join(nodes: &[&InProc], subject: u16, joined: &[u16]) -> Result<()> {
     Ok(())
 }
 
-/// What a pipelined run did: pairs done, elapsed, request-to-grant latencies (us).
+/// What a pipelined run did: pairs done, elapsed, request-to-grant latencies (us), and the
+/// CPU time this process used meanwhile (every thread: clients, lock managers, interconnects).
 struct Piped {
     done: u64,
     elapsed: Duration,
     grant_us: Vec<f64>,
+    cpu: Duration,
+}
+
+/// CPU time (user + system) of this process so far, every thread, at clock-tick resolution.
+fn cpu_now() -> Duration {
+    let ticks = common::cpu_ticks(std::process::id()).unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / common::clock_ticks())
+}
+
+/// `12.3 us of CPU per op (1.45 cores busy)`.
+fn cpu_text(cpu: Duration, ops: u64, elapsed: Duration) -> String {
+    format!(
+        "{:.1} us of CPU per op, {:.2} cores busy",
+        cpu.as_secs_f64() * 1e6 / ops.max(1) as f64,
+        cpu.as_secs_f64() / elapsed.as_secs_f64()
+    )
 }
 
 /// `threads` clients of `dlm`, each with `window` `submit_lock`s outstanding on names of its
@@ -363,7 +380,7 @@ fn pipelined(dlm: &Dlm, names: &[ResName], threads: usize, window: usize, secs: 
     if per < window {
         bail!("{} names cannot give {threads} threads a window of {window} each", names.len());
     }
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_now());
     let results: Vec<Result<(u64, Vec<f64>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -412,8 +429,8 @@ fn pipelined(dlm: &Dlm, names: &[ResName], threads: usize, window: usize, secs: 
         stop.store(true, Ordering::Relaxed);
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a client thread panicked")))).collect()
     });
-    let elapsed = t0.elapsed();
-    let mut p = Piped { done: 0, elapsed, grant_us: Vec::new() };
+    let (elapsed, cpu) = (t0.elapsed(), cpu_now().saturating_sub(cpu0));
+    let mut p = Piped { done: 0, elapsed, grant_us: Vec::new(), cpu };
     for r in results {
         let (done, lat) = r?;
         p.done += done;
@@ -440,20 +457,21 @@ fn bench_client(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
         let (l, _) = client.lock(res.clone(), Mode::Ex, Flags::default())?;
         client.unlock(l, None)?;
     }
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_now());
     for _ in 0..ops {
         let t = Instant::now();
         let (l, _) = client.lock(res.clone(), Mode::Ex, Flags::default())?;
         client.unlock(l, None)?;
         lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
     }
-    let d = t0.elapsed();
+    let (d, cpu) = (t0.elapsed(), cpu_now().saturating_sub(cpu0));
     println!(
         "   one thread, DlmClient::lock (waits for the grant) + DlmClient::unlock (waits for the answer), one name: {ops} \
-         pairs in {:.3} s: {}; per pair {}",
+         pairs in {:.3} s: {}; per pair {}; {}",
         d.as_secs_f64(),
         rate_text(ops as u64, d),
-        us_text(&lat)
+        us_text(&lat),
+        cpu_text(cpu, ops as u64, d)
     );
     rows.push(Row {
         what: "1b client lock+unlock, 1 thread, blocking".into(),
@@ -464,12 +482,13 @@ fn bench_client(opts: &Opts, rows: &mut Vec<Row>) -> Result<()> {
     let p = pipelined(&dlm, &names, threads, window, secs)?;
     println!(
         "   {threads} threads, submit_lock with {window} outstanding each, unlock on each grant, {} names: {} pairs in \
-         {:.3} s: {}; submit -> grant {}",
+         {:.3} s: {}; submit -> grant {}; {}",
         names.len(),
         p.done,
         p.elapsed.as_secs_f64(),
         rate_text(p.done, p.elapsed),
-        us_text(&p.grant_us)
+        us_text(&p.grant_us),
+        cpu_text(p.cpu, p.done, p.elapsed)
     );
     rows.push(Row {
         what: format!("1b client lock+unlock, {threads} threads x {window} submit_lock"),
@@ -516,11 +535,12 @@ fn bench_remote(opts: &Opts, rows: &mut Vec<Row>, pingpong: bool) -> Result<()> 
     let p = pipelined(&dlm2, &names, threads, window, secs)?;
     println!(
         "   (a) as is: {threads} threads on node 2, {window} submit_lock outstanding each, unlock on each grant: {} pairs \
-         in {:.3} s: {}; submit -> grant {}",
+         in {:.3} s: {}; submit -> grant {}; {}",
         p.done,
         p.elapsed.as_secs_f64(),
         rate_text(p.done, p.elapsed),
-        us_text(&p.grant_us)
+        us_text(&p.grant_us),
+        cpu_text(p.cpu, p.done, p.elapsed)
     );
     rows.push(Row {
         what: format!("2 remote lock+unlock, {threads}x{window} outstanding"),
@@ -542,11 +562,12 @@ fn bench_remote(opts: &Opts, rows: &mut Vec<Row>, pingpong: bool) -> Result<()> 
     let p = pipelined(&dlm2, &names, threads, window, secs)?;
     println!(
         "   (b) node 2 holding an NL lock on every name (master cached, no lookups): {} pairs in {:.3} s: {}; submit -> \
-         grant {}",
+         grant {}; {}",
         p.done,
         p.elapsed.as_secs_f64(),
         rate_text(p.done, p.elapsed),
-        us_text(&p.grant_us)
+        us_text(&p.grant_us),
+        cpu_text(p.cpu, p.done, p.elapsed)
     );
     rows.push(Row {
         what: format!("2 remote lock+unlock, master cached (NL held), {threads}x{window}"),
@@ -620,7 +641,7 @@ fn bench_pingpong(one: &InProc, two: &InProc, secs: f64, rows: &mut Vec<Row>) ->
         }
         let stop = Arc::new(AtomicBool::new(false));
         let first = Arc::new(AtomicU64::new(0));
-        let t0 = Instant::now();
+        let (t0, cpu0) = (Instant::now(), cpu_now());
         let sides: Vec<_> = [one.node.dlm(), two.node.dlm()]
             .into_iter()
             .map(|dlm| {
@@ -633,7 +654,7 @@ fn bench_pingpong(one: &InProc, two: &InProc, secs: f64, rows: &mut Vec<Row>) ->
             std::thread::sleep(Duration::from_millis(10));
         }
         stop.store(true, Ordering::Relaxed);
-        let elapsed = t0.elapsed();
+        let (elapsed, cpu) = (t0.elapsed(), cpu_now().saturating_sub(cpu0));
         let mut total = 0;
         let mut per = Vec::new();
         for (i, h) in sides.into_iter().enumerate() {
@@ -644,9 +665,10 @@ fn bench_pingpong(one: &InProc, two: &InProc, secs: f64, rows: &mut Vec<Row>) ->
         let how =
             if convert { "one NL lock per node, converted NL -> EX -> NL" } else { "new lock + unlock each time" };
         println!(
-            "   {how}: {total} EX grants (transfers) in {:.3} s: {:.0} transfers/s",
+            "   {how}: {total} EX grants (transfers) in {:.3} s: {:.0} transfers/s; {}",
             elapsed.as_secs_f64(),
-            total as f64 / elapsed.as_secs_f64()
+            total as f64 / elapsed.as_secs_f64(),
+            cpu_text(cpu, total, elapsed)
         );
         for p in per {
             println!("      {p}");
