@@ -80,8 +80,10 @@ pub const CLIENTS_MAX: usize = 1024;
 pub const REPLIES_QUEUED_MAX: usize = 1024;
 /// A write to a client that blocks this long disconnects it.
 pub const WRITE_TIMEOUT_MS: u64 = 5000;
-/// How often the accept loop looks at the stop flag.
-const ACCEPT_POLL_MS: u64 = 20;
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_RETRY_MS: u64 = 100;
+/// Replies gathered into one write to a client (beyond one line, which is written whole).
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// The environment variable that overrides the run directory (tests).
 pub const RUN_DIR_ENV: &str = "SDC_RUN_DIR";
 const THREAD_STACK_BYTES: usize = 128 * 1024;
@@ -201,7 +203,9 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(&path).map_err(io)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        listener.set_nonblocking(true).map_err(io)?;
+        // Blocking: a connection is served as soon as it arrives (`stop_now` wakes the loop
+        // with a connection of its own).
+        listener.set_nonblocking(false).map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<HashMap<u64, UnixStream>>> = Arc::new(Mutex::new(HashMap::new()));
         let (s, c) = (stop.clone(), conns.clone());
@@ -250,7 +254,11 @@ impl ControlServer {
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Wake the blocking accept; if nothing can connect (the socket was removed under
+            // us), the thread is left blocked rather than waited for.
+            if UnixStream::connect(&self.path).is_ok() {
+                let _ = t.join();
+            }
         }
         for (_, s) in lock(&self.conns).drain() {
             let _ = s.shutdown(std::net::Shutdown::Both);
@@ -306,8 +314,8 @@ fn accept_loop(
     let ids = AtomicU64::new(1);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
+            Ok(_) if stop.load(Ordering::SeqCst) => break,
             Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
                 if lock(&conns).len() >= CLIENTS_MAX {
                     let mut s = stream;
                     let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
@@ -330,12 +338,10 @@ fn accept_loop(
                     log(&format!("control socket: cannot start a connection thread: {e}"));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log(&format!("control socket: accept failed: {e}"));
-                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS * 5));
+                std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
             }
         }
     }
@@ -410,6 +416,7 @@ fn serve(stream: UnixStream, dlm: &Dlm, log: &LogFn) {
 
 fn write_loop(mut s: UnixStream, out: Receiver<String>, events: Receiver<DlmEvent>) {
     let mut events = events;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let line = select! {
             recv(out) -> l => match l { Ok(l) => l, Err(_) => break },
@@ -418,7 +425,22 @@ fn write_loop(mut s: UnixStream, out: Receiver<String>, events: Receiver<DlmEven
                 Err(_) => { events = crossbeam_channel::never(); continue }
             },
         };
-        if s.write_all(line.as_bytes()).and_then(|_| s.write_all(b"\n")).is_err() {
+        // Every reply ready now goes out in one write (not two system calls a line).
+        buf.clear();
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        while buf.len() < WRITE_BATCH_BYTES {
+            let more = match out.try_recv() {
+                Ok(l) => l,
+                Err(_) => match events.try_recv() {
+                    Ok(e) => event_line(&e),
+                    Err(_) => break,
+                },
+            };
+            buf.extend_from_slice(more.as_bytes());
+            buf.push(b'\n');
+        }
+        if s.write_all(&buf).is_err() {
             // A client that does not read (or has gone): disconnect it; its locks go.
             let _ = s.shutdown(std::net::Shutdown::Both);
             break;
