@@ -322,8 +322,8 @@ fn assert_forced_out_for_links(c: &Cluster, node: u16, peers: &[u16], logs: &dyn
 // -------------------------------------------------------------------------------------------
 // The tests
 
-/// Fig. 13: node 3 loses its interconnect links while the disk stays shared. The master (node
-/// 1) forces it out for "cannot reach node N over the interconnect"; node 3's daemon exits
+/// Fig. 13: node 3 loses its interconnect links while the disk stays shared. The master, node
+/// 1, forces it out for "cannot reach node N over the interconnect"; node 3's daemon exits
 /// forced out, its `sdc lock` exits 9 with its CMD killed; nodes 1 and 2 stay joined with
 /// their locks (their CMDs still run), and node 3's former lock can then be taken.
 #[test]

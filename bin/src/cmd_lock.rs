@@ -201,6 +201,8 @@ enum Event {
     Lost(String),
     /// A reply to the unlock.
     Unlocked(Value),
+    /// CMD has exited (not reaped yet).
+    Exited,
 }
 
 /// The request id of the lock, and of its unlock.
@@ -269,6 +271,7 @@ pub fn run(a: LockArgs) -> CmdResult {
         Err(e) => return fail(format!("cannot run {}: {e}", a.command[0].to_string_lossy())),
     };
     let (events_tx, events) = mpsc::channel::<Event>();
+    let exited_tx = events_tx.clone();
     let mut reader = conn.read;
     std::thread::spawn(move || loop {
         match read_reply(&mut reader) {
@@ -291,6 +294,18 @@ pub fn run(a: LockArgs) -> CmdResult {
     });
     let _ = sdc_procs::procs::catch_interrupts();
     let pgid = child.id() as libc::pid_t;
+    // CMD's exit wakes the wait at once (a poll would add its period to every `sdc lock`);
+    // WNOWAIT leaves it to be reaped below.
+    std::thread::spawn(move || {
+        // SAFETY: waitid(2) on our own child, into a zeroed siginfo; WNOWAIT does not reap.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pgid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if rc == 0 {
+            let _ = exited_tx.send(Event::Exited);
+        }
+    });
     let mut forwarded = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -298,7 +313,7 @@ pub fn run(a: LockArgs) -> CmdResult {
         }
         let lost = match events.recv_timeout(POLL) {
             Ok(Event::Lost(why)) => Some(why),
-            Ok(Event::Unlocked(_)) | Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Ok(Event::Unlocked(_) | Event::Exited) | Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => Some("the connection to the daemon failed".into()),
         };
         if let Some(why) = lost {
@@ -340,12 +355,24 @@ pub fn run(a: LockArgs) -> CmdResult {
     let sent = conn.write.write_all(format!("{unlock}\n").as_bytes());
     let confirmed = match sent {
         Err(e) => Err(format!("cannot send the unlock ({e})")),
-        Ok(()) => match events.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Event::Unlocked(v)) if v["reply"] == "ok" => Ok(()),
-            Ok(Event::Unlocked(v)) => Err(format!("the unlock was refused: {}", v["message"].as_str().unwrap_or("?"))),
-            Ok(Event::Lost(why)) => Err(format!("the lock was lost as the command ended ({why})")),
-            Err(_) => Err(format!("the daemon did not confirm the unlock within {} s", REPLY_TIMEOUT.as_secs())),
-        },
+        Ok(()) => {
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            // Bounded: one exit event at most comes before the reply.
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                break match events.recv_timeout(left) {
+                    Ok(Event::Exited) => continue,
+                    Ok(Event::Unlocked(v)) if v["reply"] == "ok" => Ok(()),
+                    Ok(Event::Unlocked(v)) => {
+                        Err(format!("the unlock was refused: {}", v["message"].as_str().unwrap_or("?")))
+                    }
+                    Ok(Event::Lost(why)) => Err(format!("the lock was lost as the command ended ({why})")),
+                    Err(_) => {
+                        Err(format!("the daemon did not confirm the unlock within {} s", REPLY_TIMEOUT.as_secs()))
+                    }
+                };
+            }
+        }
     };
     let _ = conn.write.shutdown(std::net::Shutdown::Both);
     if let (Err(why), Some(v)) = (&confirmed, value) {

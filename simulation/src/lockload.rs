@@ -17,6 +17,9 @@ pub type Check = Result<(), (&'static str, String)>;
 /// A frame on a link: when it is due, the receiving incarnation it was sent to, its bytes.
 type InFlightFrame = (u64, u64, Vec<u8>);
 
+/// Frames delivered together: sender, receiver (node indexes), the frames.
+pub type Delivery = (usize, usize, Vec<dlm::wire::Frame>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CState {
     Waiting,
@@ -313,7 +316,7 @@ impl Load {
         t: u64,
         cut: &dyn Fn(usize) -> bool,
         incarnation_of: &dyn Fn(usize) -> u64,
-    ) -> Result<Vec<(usize, usize, Vec<dlm::wire::Frame>)>, (&'static str, String)> {
+    ) -> Result<Vec<Delivery>, (&'static str, String)> {
         let mut keys: Vec<(usize, usize)> = self.links.keys().copied().collect();
         keys.sort();
         let mut out = Vec::new();

@@ -339,13 +339,15 @@ fn a_node_cut_off_from_the_interconnect_is_forced_out_and_fences() {
             assert_eq!(w.heartbeat(NodeId(3)).map(|h| h.state), Some(HeartbeatState::Fenced));
             let refusal = w.member(NodeId(3)).refusal.expect("the reason is recorded");
             assert_eq!(refusal.reason, membership_db::format::RefusalReason::Unreachable);
-            // Well within dead-ms of its end: the fenced heartbeat, not its silence, let the
-            // survivors recover.
-            w.run_until(DEAD, "node 3 inactive", |w| w.member(NodeId(3)).state == MemberState::Inactive)?;
+            w.run_until(3 * DEAD, "node 3 inactive", |w| w.member(NodeId(3)).state == MemberState::Inactive)?;
             let ended = w.ended_at(NodeId(3), incarnation).expect("ended");
             let notes: Vec<_> =
                 w.forced_leave_notifications().iter().filter(|n| n.1 == NodeId(3) && n.2 == incarnation).collect();
             assert!(notes.iter().any(|n| n.4 == 10), "seed {seed}: the DLM recovered node 3: {notes:?}");
+            // Well within dead-ms of its end: the fenced heartbeat, not its silence, let the
+            // survivors begin recovering.
+            let first = notes.iter().map(|n| n.0).min().expect("notified");
+            assert!(first < ended + DEAD, "seed {seed}: recovery began {} ms after node 3 ended", first - ended);
             for (t, _, _, notified, order) in notes {
                 assert!(
                     *t >= ended,
