@@ -131,10 +131,18 @@ impl Raw {
     fn send(&mut self, v: Value) {
         self.send_bytes(format!("{v}\n").as_bytes());
     }
+    /// The next reply, the daemon's `alive` lines (its lease, renewed) skipped: each must
+    /// carry the lease.
     fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        self.r.read_line(&mut line).expect("a reply within the deadline");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+        loop {
+            let mut line = String::new();
+            self.r.read_line(&mut line).expect("a reply within the deadline");
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"));
+            if v["reply"] != "alive" {
+                return v;
+            }
+            assert_eq!(v["lease_ms"], FENCE_MS, "the lease is the node's fence-ms: {v}");
+        }
     }
     /// The next reply with this id (others are skipped).
     fn reply_to(&mut self, id: u64) -> Value {
@@ -345,4 +353,42 @@ fn join_without_an_address_and_lock_without_a_daemon_are_refused_in_one_line() {
     assert_error(&out, 1, &["no daemon of node 1"]);
     let out = c.sdc_raw(&["locks", "--disk", &d, "--node", "1"]);
     assert_error(&out, 1, &["no daemon of node 1"]);
+}
+
+/// A daemon frozen while a command holds its lock (SIGSTOP: a paused VM, a stuck process)
+/// cannot say its node still holds the lease, and the others will take the lock after
+/// dead-ms: `sdc lock` hears nothing for fence-ms (the lease the daemon announced) and kills
+/// the command, exit 9, before that can happen.
+#[test]
+fn a_frozen_daemon_lets_no_command_outlive_its_lease() {
+    let c = running_cluster(1);
+    let pidfile = c.dir.path().join("pid");
+    let script = format!("echo $$ > {}; while :; do sleep 0.05; done", pidfile.display());
+    let mut holder =
+        c.spawn(&lock_args(&c, "1", &["job", "--", "sh", "-c", &script]), &c.dir.path().join("holder.log"));
+    wait_file(&c, &pidfile);
+    c.wait_until(DEADLINE, "node 1 holds job", || holds(&c, 1, "job", "ex"));
+    let daemon = c.procs().into_iter().find(|p| c.node_of(*p) == 1).unwrap();
+    c.signal(daemon, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = holder.try_wait().unwrap() {
+            break Some(s);
+        }
+        if stopped.elapsed() > DEADLINE {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let waited = stopped.elapsed();
+    c.signal(daemon, libc::SIGCONT);
+    let log = log_text(&c.dir.path().join("holder.log"));
+    let status =
+        status.unwrap_or_else(|| panic!("sdc lock still runs {} s after its daemon froze: {log}", waited.as_secs()));
+    assert_eq!(status.code(), Some(9), "{log}");
+    assert!(log.contains("no word from the daemon"), "{log}");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // SAFETY: signal 0 only asks whether the pid exists.
+    assert!(unsafe { libc::kill(pid, 0) } != 0, "the command is gone once sdc lock has exited 9");
+    eprintln!("sdc lock killed its command {} ms after the daemon froze", waited.as_millis());
 }

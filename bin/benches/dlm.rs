@@ -933,7 +933,7 @@ fn bench_recovery(c: &mut Cluster, run_dir: &Path, n: usize, window: usize, rows
         let (_, _, v) = holder.recv(WAIT).with_context(|| format!("{granted} of {n} granted"))?;
         match v["reply"].as_str() {
             Some("granted") => granted += 1,
-            Some("queued") => {}
+            Some("queued") | Some("alive") => {}
             Some("blocking") => blocking.push(v),
             _ => bail!("node 3's control socket: {v}"),
         }

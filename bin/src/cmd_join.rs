@@ -187,7 +187,8 @@ pub fn run(a: JoinArgs) -> CmdResult {
     let dlm_log: dlm::driver::LogFn =
         Arc::new(move |what: &str| log_line(&format!("{} {log_prefix} {what}", utc(unix_ms()))));
     let dlm_node = DlmNode::start(dlm_config, dlm_layer, address_book(a.disk.clone()), dlm_log.clone())?;
-    let control = ControlServer::start(&run_dir, node.0, dlm_node.dlm(), dlm_log).map_err(|e| match e {
+    let lease_ms = sb.timing.fence_ms as u64;
+    let control = ControlServer::start(&run_dir, node.0, dlm_node.dlm(), dlm_log, lease_ms).map_err(|e| match e {
         ControlError::InUse { .. } => Failure { status: exit::ALREADY_RUNNING, message: e.to_string() },
         e => Failure::from(e),
     })?;

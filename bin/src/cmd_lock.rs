@@ -203,6 +203,9 @@ enum Event {
     Unlocked(Value),
     /// CMD has exited (not reaped yet).
     Exited,
+    /// The daemon said something: its lease holds for this long from now (`alive` lines carry
+    /// it; any other line renews the last one).
+    Heard(Option<u64>),
 }
 
 /// The request id of the lock, and of its unlock.
@@ -225,10 +228,15 @@ pub fn run(a: LockArgs) -> CmdResult {
                          "mode": mode, "noqueue": a.nowait, "timeout_ms": timeout_ms});
     conn.send(&request).map_err(|e| Failure::from(format!("node {node}'s daemon: {e}")))?;
     let what = format!("lock {res} ({mode}) on node {node}");
+    // The daemon's lease, announced as it connects (see the main wait below).
+    let mut lease = None::<Duration>;
     let grant = loop {
         let Some(reply) = read_reply(&mut conn.read) else {
             return fail(format!("{what}: the daemon closed the connection before answering (it stopped?)"));
         };
+        if let Some(ms) = reply["lease_ms"].as_u64() {
+            lease = Some(Duration::from_millis(ms));
+        }
         if reply["id"].as_u64() != Some(LOCK_ID) {
             continue;
         }
@@ -289,7 +297,9 @@ pub fn run(a: LockArgs) -> CmdResult {
             Some(v) if v["id"].as_u64() == Some(UNLOCK_ID) => {
                 let _ = events_tx.send(Event::Unlocked(v));
             }
-            Some(_) => {}
+            Some(v) => {
+                let _ = events_tx.send(Event::Heard(v["lease_ms"].as_u64()));
+            }
         }
     });
     let _ = sdc_procs::procs::catch_interrupts();
@@ -307,15 +317,31 @@ pub fn run(a: LockArgs) -> CmdResult {
         }
     });
     let mut forwarded = None;
+    // The daemon's lease (see `dlm::driver::control`, *Leases*): a daemon that says nothing
+    // for that long may be frozen, and the others may take the lock soon after.
+    let mut heard = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         let lost = match events.recv_timeout(POLL) {
             Ok(Event::Lost(why)) => Some(why),
+            Ok(Event::Heard(l)) => {
+                heard = Instant::now();
+                lease = l.map(Duration::from_millis).or(lease);
+                None
+            }
             Ok(Event::Unlocked(_) | Event::Exited) | Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => Some("the connection to the daemon failed".into()),
         };
+        let lost = lost.or_else(|| {
+            lease.filter(|l| heard.elapsed() > *l).map(|l| {
+                format!(
+                    "no word from the daemon for {} ms, its lease: it may be frozen, and the others may take the lock",
+                    l.as_millis()
+                )
+            })
+        });
         if let Some(why) = lost {
             // The survivors may take the lock as soon as this node is known stopped: CMD must
             // not run a moment longer.
@@ -357,11 +383,11 @@ pub fn run(a: LockArgs) -> CmdResult {
         Err(e) => Err(format!("cannot send the unlock ({e})")),
         Ok(()) => {
             let deadline = Instant::now() + REPLY_TIMEOUT;
-            // Bounded: one exit event at most comes before the reply.
+            // Bounded by the deadline (exit and alive lines may come before the reply).
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 break match events.recv_timeout(left) {
-                    Ok(Event::Exited) => continue,
+                    Ok(Event::Exited | Event::Heard(_)) => continue,
                     Ok(Event::Unlocked(v)) if v["reply"] == "ok" => Ok(()),
                     Ok(Event::Unlocked(v)) => {
                         Err(format!("the unlock was refused: {}", v["message"].as_str().unwrap_or("?")))

@@ -49,6 +49,17 @@
 //! dies releases what it held. When the daemon stops (a fence, a forced leave, a leave) every
 //! connection is closed: a client that sees its connection close has lost its locks.
 //!
+//! # Leases
+//!
+//! A lock is only as good as the node that holds it: if the daemon stops answering (frozen by
+//! SIGSTOP, a paused VM), the others judge it dead after `dead_ms` and take its locks, while a
+//! client process that was not frozen with it would go on as if it held them. So the daemon
+//! sends every connection `{"v":1,"reply":"alive","id":null,"lease_ms":N}` when it connects and
+//! whenever it has sent nothing for `N / 3` ms, `N` being the node's `fence_ms`; a client holding
+//! a lock that hears nothing for `N` ms must stop using it (`sdc lock` kills its command). The
+//! timing rule (`fence_ms` + `heartbeat_ms` + slack < `dead_ms`) makes that happen before the
+//! others recover.
+//!
 //! # Bounds
 //!
 //! [`CLIENTS_MAX`] connections (the next one gets an error line and is closed), lines of
@@ -191,7 +202,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ControlServer {
     /// Listens at `dir/node-<node>.sock` (mode 0600) and serves `dlm` there.
-    pub fn start(dir: &Path, node: u16, dlm: Dlm, log: LogFn) -> Result<ControlServer, ControlError> {
+    ///
+    /// Every connection hears an `alive` line at once and every `lease_ms / 3` after (see
+    /// *Leases* in the module doc): `lease_ms` is the node's `fence_ms`.
+    pub fn start(dir: &Path, node: u16, dlm: Dlm, log: LogFn, lease_ms: u64) -> Result<ControlServer, ControlError> {
         let path = dir.join(socket_name(node));
         let io = |source| ControlError::Io { path: path.clone(), source };
         if path.exists() {
@@ -211,7 +225,7 @@ impl ControlServer {
         let (s, c) = (stop.clone(), conns.clone());
         let thread = std::thread::Builder::new()
             .name("control-accept".into())
-            .spawn(move || accept_loop(listener, dlm, log, s, c))
+            .spawn(move || accept_loop(listener, dlm, log, s, c, lease_ms))
             .map_err(io)?;
         Ok(ControlServer { path, stop, thread: Some(thread), conns })
     }
@@ -310,6 +324,7 @@ fn accept_loop(
     log: LogFn,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    lease_ms: u64,
 ) {
     let ids = AtomicU64::new(1);
     while !stop.load(Ordering::SeqCst) {
@@ -331,7 +346,7 @@ fn accept_loop(
                     .name(format!("control-{id}"))
                     .stack_size(THREAD_STACK_BYTES)
                     .spawn(move || {
-                        serve(stream, &dlm, &conn_log);
+                        serve(stream, &dlm, &conn_log, lease_ms);
                         lock(&conns).remove(&id);
                     });
                 if let Err(e) = spawned {
@@ -379,7 +394,7 @@ fn read_line(r: &mut impl BufRead) -> std::io::Result<Line> {
     }
 }
 
-fn serve(stream: UnixStream, dlm: &Dlm, log: &LogFn) {
+fn serve(stream: UnixStream, dlm: &Dlm, log: &LogFn, lease_ms: u64) {
     let Ok(write_half) = stream.try_clone() else { return };
     let _ = write_half.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)));
     let client = dlm.client();
@@ -388,7 +403,7 @@ fn serve(stream: UnixStream, dlm: &Dlm, log: &LogFn) {
     let writer = std::thread::Builder::new()
         .name("control-writer".into())
         .stack_size(THREAD_STACK_BYTES)
-        .spawn(move || write_loop(write_half, out_rx, events));
+        .spawn(move || write_loop(write_half, out_rx, events, lease_ms));
     if let Err(e) = writer {
         log(&format!("control socket: cannot start a writer thread: {e}"));
         return;
@@ -414,15 +429,26 @@ fn serve(stream: UnixStream, dlm: &Dlm, log: &LogFn) {
     let _ = kill.shutdown(std::net::Shutdown::Both);
 }
 
-fn write_loop(mut s: UnixStream, out: Receiver<String>, events: Receiver<DlmEvent>) {
+/// The line that renews a client's lease.
+fn alive_line(lease_ms: u64) -> String {
+    json!({"v": PROTOCOL_VERSION, "reply": "alive", "id": null, "lease_ms": lease_ms}).to_string()
+}
+
+fn write_loop(mut s: UnixStream, out: Receiver<String>, events: Receiver<DlmEvent>, lease_ms: u64) {
     let mut events = events;
     let mut buf: Vec<u8> = Vec::new();
+    let renew = Duration::from_millis((lease_ms / 3).max(1));
+    let mut first = Some(alive_line(lease_ms));
     loop {
-        let line = select! {
-            recv(out) -> l => match l { Ok(l) => l, Err(_) => break },
-            recv(events) -> e => match e {
-                Ok(e) => event_line(&e),
-                Err(_) => { events = crossbeam_channel::never(); continue }
+        let line = match first.take() {
+            Some(l) => l,
+            None => select! {
+                recv(out) -> l => match l { Ok(l) => l, Err(_) => break },
+                recv(events) -> e => match e {
+                    Ok(e) => event_line(&e),
+                    Err(_) => { events = crossbeam_channel::never(); continue }
+                },
+                default(renew) => alive_line(lease_ms),
             },
         };
         // Every reply ready now goes out in one write (not two system calls a line).
