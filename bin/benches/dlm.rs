@@ -51,8 +51,7 @@ use dlm::driver::control::{cluster_dir_name, socket_name, RUN_DIR_ENV};
 use dlm::driver::{AddressBook, Dlm, DlmConfig, DlmEvent, DlmNode};
 use dlm::{Barrier, ClientEvent, ClientId, DlmCore, Flags, LockId, Mode, Phase, ResName, State};
 use manager::api::Registry;
-use manager::participant::{InFlight, Notification, ViewMember};
-use membership_db::format::{Barriers, MemberState, NodeId, Position, Timing, TransitionKind};
+use membership_db::format::{Barriers, NodeId, Timing};
 use sdc_procs::procs::{self, LogLine};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -300,30 +299,7 @@ fn start_node(id: u16, ports: &BTreeMap<u16, u16>) -> Result<InProc> {
 /// barrier cluster-wide (every node acknowledges before the next), as node.rs's tests do.
 fn join(nodes: &[&InProc], subject: u16, joined: &[u16]) -> Result<()> {
     for barrier in 0..3u8 {
-        let mut view: Vec<ViewMember> = joined
-            .iter()
-            .map(|&n| ViewMember { node: NodeId(n), state: MemberState::Joined, incarnation: 1, transition: None })
-            .collect();
-        view.push(ViewMember {
-            node: NodeId(subject),
-            state: MemberState::Joining,
-            incarnation: 1,
-            transition: Some(InFlight {
-                kind: TransitionKind::Join,
-                position: Position { order: DLM_ORDER, barrier },
-                upper: None,
-            }),
-        });
-        let n = Notification {
-            transition: subject as u64,
-            subject: NodeId(subject),
-            subject_incarnation: 1,
-            kind: TransitionKind::Join,
-            position: Position { order: DLM_ORDER, barrier },
-            layer: "dlm".into(),
-            state: (1, subject as u64 * 10 + barrier as u64),
-            view,
-        };
+        let n = dlm::driver::join_notification(DLM_ORDER, subject, joined, barrier);
         for t in nodes {
             if !t.registry.deliver(n.clone()) {
                 bail!("barrier {barrier} of node {subject}'s join not delivered");

@@ -123,6 +123,32 @@ pub fn barrier_of(n: &Notification, dlm_order: u32) -> Option<Barrier> {
     })
 }
 
+/// The notification of barrier `barrier` of `subject`'s join at the DLM layer (`order`), in a
+/// cluster where `joined` are members: how tests and benchmarks take in-process `DlmNode`s
+/// through a join without a membership manager (every node must answer each barrier before
+/// the next is delivered, as the manager's barriers are cluster-wide).
+pub fn join_notification(order: u32, subject: u16, joined: &[u16], barrier: u8) -> Notification {
+    use manager::participant::InFlight;
+    use membership_db::format::{MemberState, Position};
+    let mut view: Vec<ViewMember> = joined
+        .iter()
+        .map(|&n| ViewMember { node: NodeId(n), state: MemberState::Joined, incarnation: 1, transition: None })
+        .collect();
+    let position = Position { order, barrier };
+    let transition = Some(InFlight { kind: TransitionKind::Join, position, upper: None });
+    view.push(ViewMember { node: NodeId(subject), state: MemberState::Joining, incarnation: 1, transition });
+    Notification {
+        transition: subject as u64,
+        subject: NodeId(subject),
+        subject_incarnation: 1,
+        kind: TransitionKind::Join,
+        position,
+        layer: "dlm".into(),
+        state: (1, subject as u64 * 10 + barrier as u64),
+        view,
+    }
+}
+
 /// The line a layer logs for a notification, in the format of `sdc join`'s rehearsal layers
 /// (`sdc_procs::procs::LayerNote` parses it).
 pub fn notification_line(n: &Notification, barriers: u8) -> String {

@@ -538,8 +538,7 @@ mod tests {
     use crate::types::{Flags, LockError, ResName};
     use crate::Mode;
     use manager::api::Registry;
-    use manager::participant::ViewMember;
-    use membership_db::format::{Barriers, MemberState, Position, TransitionKind};
+    use membership_db::format::Barriers;
 
     const DLM: u32 = 10;
     const WAIT: Duration = Duration::from_secs(20);
@@ -575,30 +574,7 @@ mod tests {
     /// each barrier cluster-wide (every node acknowledges before the next).
     fn join(nodes: &[&TestNode], subject: u16, joined: &[u16]) {
         for barrier in 0..3u8 {
-            let mut view: Vec<ViewMember> = joined
-                .iter()
-                .map(|&n| ViewMember { node: NodeId(n), state: MemberState::Joined, incarnation: 1, transition: None })
-                .collect();
-            view.push(ViewMember {
-                node: NodeId(subject),
-                state: MemberState::Joining,
-                incarnation: 1,
-                transition: Some(manager::participant::InFlight {
-                    kind: TransitionKind::Join,
-                    position: Position { order: DLM, barrier },
-                    upper: None,
-                }),
-            });
-            let n = Notification {
-                transition: subject as u64,
-                subject: NodeId(subject),
-                subject_incarnation: 1,
-                kind: TransitionKind::Join,
-                position: Position { order: DLM, barrier },
-                layer: "dlm".into(),
-                state: (1, subject as u64 * 10 + barrier as u64),
-                view,
-            };
+            let n = crate::driver::join_notification(DLM, subject, joined, barrier);
             for t in nodes {
                 assert!(t.registry.deliver(n.clone()));
             }
