@@ -1,6 +1,7 @@
 //! Runs a range of seeds and prints each violation (a soak):
 //! `cargo run --release -p simulation --example seeds -- FIRST COUNT [FAULT_SCALE]`.
-//! `FAULT_SCALE` multiplies every seed's fault rate (default 1). `sdc sim` is the operator's
+//! `FAULT_SCALE` multiplies every seed's fault rate (default 1); `LIVENESS_MS` overrides the
+//! liveness bound (to tell a slow seed from a stuck one). `sdc sim` is the operator's
 //! entry point; this one exists for long soaks at other fault rates.
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
