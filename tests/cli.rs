@@ -254,33 +254,24 @@ fn format_stores_a_cluster_key_shown_only_as_a_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     let d = s(&disk);
-    let out = sdc([
-        "format",
-        "--disk",
-        d,
-        "--size",
-        "16MiB",
-        "--cluster",
-        "k",
-        "--max-nodes",
-        "2",
-        "--link-timeout-ms",
-        "150",
-    ]);
+    let format = |link_timeout_ms: &str| {
+        sdc([
+            "format",
+            "--disk",
+            d,
+            "--size",
+            "16MiB",
+            "--cluster",
+            "k",
+            "--max-nodes",
+            "2",
+            "--link-timeout-ms",
+            link_timeout_ms,
+        ])
+    };
+    let out = format("150");
     assert_error(&out, 1, &["link-timeout-ms 150", "two heartbeat intervals"]);
-    let out = sdc([
-        "format",
-        "--disk",
-        d,
-        "--size",
-        "16MiB",
-        "--cluster",
-        "k",
-        "--max-nodes",
-        "2",
-        "--link-timeout-ms",
-        "5000",
-    ]);
+    let out = format("5000");
     assert_ok(&out);
     assert!(stdout(&out).contains("link timeout 5000 ms"), "{}", describe(&out));
     let inspect = json_of(&sdc(["inspect", "--disk", d, "--json"]));

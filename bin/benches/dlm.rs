@@ -333,6 +333,21 @@ struct Piped {
     cpu: Duration,
 }
 
+impl Piped {
+    /// Prints how it went (`how` says how it was run) and gives its summary row.
+    fn report(&self, how: &str, what: String) -> Row {
+        let rate = rate_text(self.done, self.elapsed);
+        println!(
+            "   {how}: {} pairs in {:.3} s: {rate}; submit -> grant {}; {}",
+            self.done,
+            self.elapsed.as_secs_f64(),
+            us_text(&self.grant_us),
+            cpu_text(self.cpu, self.done, self.elapsed)
+        );
+        Row { what, figure: format!("{rate}; grant {}", us_text(&self.grant_us)) }
+    }
+}
+
 /// CPU time (user + system) of this process so far, every thread, at clock-tick resolution.
 fn cpu_now() -> Duration {
     let ticks = common::cpu_ticks(std::process::id()).unwrap_or(0);
@@ -509,19 +524,9 @@ fn bench_remote(opts: &Opts, rows: &mut Vec<Row>, pingpong: bool) -> Result<()> 
     println!("   node 1 masters {mastered} resources; the directory node of {dir_on_1} of the names is node 1");
     let dlm2 = two.node.dlm();
     let p = pipelined(&dlm2, &names, threads, window, secs)?;
-    println!(
-        "   (a) as is: {threads} threads on node 2, {window} submit_lock outstanding each, unlock on each grant: {} pairs \
-         in {:.3} s: {}; submit -> grant {}; {}",
-        p.done,
-        p.elapsed.as_secs_f64(),
-        rate_text(p.done, p.elapsed),
-        us_text(&p.grant_us),
-        cpu_text(p.cpu, p.done, p.elapsed)
-    );
-    rows.push(Row {
-        what: format!("2 remote lock+unlock, {threads}x{window} outstanding"),
-        figure: format!("{}; grant {}", rate_text(p.done, p.elapsed), us_text(&p.grant_us)),
-    });
+    let how =
+        format!("(a) as is: {threads} threads on node 2, {window} submit_lock outstanding each, unlock on each grant");
+    rows.push(p.report(&how, format!("2 remote lock+unlock, {threads}x{window} outstanding")));
     // Keep the master cached on node 2: an NL lock on every name.
     let keeper = dlm2.client();
     let mut nl = Vec::with_capacity(names.len());
@@ -536,19 +541,8 @@ fn bench_remote(opts: &Opts, rows: &mut Vec<Row>, pingpong: bool) -> Result<()> 
         }
     }
     let p = pipelined(&dlm2, &names, threads, window, secs)?;
-    println!(
-        "   (b) node 2 holding an NL lock on every name (master cached, no lookups): {} pairs in {:.3} s: {}; submit -> \
-         grant {}; {}",
-        p.done,
-        p.elapsed.as_secs_f64(),
-        rate_text(p.done, p.elapsed),
-        us_text(&p.grant_us),
-        cpu_text(p.cpu, p.done, p.elapsed)
-    );
-    rows.push(Row {
-        what: format!("2 remote lock+unlock, master cached (NL held), {threads}x{window}"),
-        figure: format!("{}; grant {}", rate_text(p.done, p.elapsed), us_text(&p.grant_us)),
-    });
+    let how = "(b) node 2 holding an NL lock on every name (master cached, no lookups)";
+    rows.push(p.report(how, format!("2 remote lock+unlock, master cached (NL held), {threads}x{window}")));
     drop(keeper);
     two.node.shutdown();
     one.node.shutdown();

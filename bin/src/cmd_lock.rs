@@ -469,8 +469,11 @@ pub fn show(a: LocksArgs) -> CmdResult {
     let mut conn = Conn::open(node, &path)?;
     conn.write.set_read_timeout(Some(REPLY_TIMEOUT))?;
     conn.send(&json!({"v": PROTOCOL_VERSION, "id": 1, "op": "snapshot"}))?;
+    // Bounded as a whole: the daemon's `alive` lines would otherwise keep the wait going.
+    let deadline = Instant::now() + REPLY_TIMEOUT;
     let snap = loop {
-        let Some(reply) = read_reply(&mut conn.read) else {
+        let late = Instant::now() >= deadline;
+        let Some(reply) = read_reply(&mut conn.read).filter(|_| !late) else {
             return fail(format!(
                 "node {node}'s daemon closed the connection (or did not answer within {} s)",
                 REPLY_TIMEOUT.as_secs()

@@ -968,8 +968,8 @@ impl World {
             if let (Some(mut b), Some(dlm)) = (barrier, node.dlm.as_mut()) {
                 b.key = self.next_dlm_key;
                 self.next_dlm_key += 1;
-                dlm.handle_barrier(b.clone());
                 node.dlm_notes.push((b.key, note));
+                dlm.handle_barrier(b);
                 continue;
             }
             self.answered.entry(note.key()).or_default().insert(id.0);

@@ -460,7 +460,7 @@ impl DlmCore {
         if let Some(d) = deadline {
             self.deadlines.insert((d, id));
         }
-        self.submit(res, Op::Request { lock: id, mode, noqueue: flags.noqueue }, true);
+        self.submit(res, Op::Request { lock: id, mode, noqueue: flags.noqueue });
         Ok(id)
     }
 
@@ -506,7 +506,7 @@ impl DlmCore {
             self.deadlines.insert((d, lock));
         }
         let op = Op::Convert { lock, mode, noqueue: flags.noqueue, quecvt: flags.quecvt, lvb };
-        self.submit(res, op, true);
+        self.submit(res, op);
         Ok(())
     }
 
@@ -526,7 +526,7 @@ impl DlmCore {
     fn release(&mut self, lock: LockId, lvb: Option<Lvb>) {
         let l = self.locks.remove(&lock).expect("released locks exist");
         // Sent while the resource's master is still cached here, then forgotten.
-        self.submit(l.res.clone(), Op::Unlock { lock, lvb }, false);
+        self.submit(l.res.clone(), Op::Unlock { lock, lvb });
         self.forget_own(&l.res);
     }
 
@@ -552,7 +552,7 @@ impl DlmCore {
         }
         l.cancelling = Some(error);
         let res = l.res.clone();
-        self.submit(res, Op::Cancel { lock, error }, false);
+        self.submit(res, Op::Cancel { lock, error });
     }
 
     /// The client went (its connection closed): its granted locks are released, its waiting
@@ -600,10 +600,10 @@ impl DlmCore {
     // ---- routing ----
 
     /// Sends `op` towards the master of `res`, or keeps it until the master is known or the
-    /// lock manager resumes. `counts` is true for an operation creating an own lock's use of
-    /// the resource (a request), which keeps the resource's cached master.
-    fn submit(&mut self, res: ResName, op: Op, counts: bool) {
-        if counts && matches!(op, Op::Request { .. }) {
+    /// lock manager resumes. A request is a new own lock of the resource, which keeps the
+    /// resource's cached master.
+    fn submit(&mut self, res: ResName, op: Op) {
+        if matches!(op, Op::Request { .. }) {
             self.resource_entry(&res).own += 1;
         }
         if self.state != State::Running {

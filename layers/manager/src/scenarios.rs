@@ -343,18 +343,30 @@ fn barrier_mismatch_refuses_the_join_naming_the_layer() {
 
 /// A nack of a join aborts it: the joining node is forced out (it fences itself) and the
 /// recovery runs only through the layer that nacked.
-#[test]
-fn nacked_join_is_aborted_by_a_forced_leave() {
+/// Node 1 joined, node 2's join nacked by node 1's second layer: node 2 has read that it is
+/// forced out (its daemon still runs).
+fn node_2_nacked_and_forced_out() -> Cluster {
     let mut c = Cluster::new(2);
     c.start(1, standard());
     c.until("node 1 joined", |c| c.member(1) == MemberState::Joined);
     c.node(1).subsystems[1].nack_join_of = Some(NodeId(2));
     c.start(2, standard());
     c.until("node 2 forced out", |c| matches!(c.nodes[1].as_ref().unwrap().self_state, SelfState::ForcedOut(Some(_))));
-    c.kill(2); // it fences itself
+    c
+}
+
+/// Node 2 ends up inactive, its forced leave having run only up to the layer its join reached.
+fn assert_recovered_node_2_up_to_vdm(c: &mut Cluster) {
     c.until("node 2 inactive", |c| c.member(2) == MemberState::Inactive);
     let forced: Vec<String> = c.log_of(1).into_iter().filter(|s| s.contains("forced-leave n2")).collect();
     assert_eq!(forced, strings(&["dlm forced-leave n2 b0", "vdm forced-leave n2 b0"]));
+}
+
+#[test]
+fn nacked_join_is_aborted_by_a_forced_leave() {
+    let mut c = node_2_nacked_and_forced_out();
+    c.kill(2); // it fences itself
+    assert_recovered_node_2_up_to_vdm(&mut c);
 }
 
 /// Regression (issue 8): the survivors began recovering a nacked node's resources (the DLM's
@@ -362,12 +374,7 @@ fn nacked_join_is_aborted_by_a_forced_leave() {
 /// waits at the membership manager's own position until the node is known stopped.
 #[test]
 fn recovery_began_while_the_nacked_node_still_ran() {
-    let mut c = Cluster::new(2);
-    c.start(1, standard());
-    c.until("node 1 joined", |c| c.member(1) == MemberState::Joined);
-    c.node(1).subsystems[1].nack_join_of = Some(NodeId(2));
-    c.start(2, standard());
-    c.until("node 2 forced out", |c| matches!(c.nodes[1].as_ref().unwrap().self_state, SelfState::ForcedOut(Some(_))));
+    let mut c = node_2_nacked_and_forced_out();
     // Node 2 has read its fate but its daemon still runs: however many rounds pass, no layer
     // is notified of its forced leave, which waits at order 0.
     for _ in 0..20 {
@@ -379,9 +386,7 @@ fn recovery_began_while_the_nacked_node_still_ran() {
     // It marks its heartbeat fenced: the master sees it stopped, and recovery begins.
     c.life[1] = NodeLife { running: None, stopped: Some(c.incarnations[1]) };
     c.nodes[1] = None;
-    c.until("node 2 inactive", |c| c.member(2) == MemberState::Inactive);
-    let forced: Vec<String> = c.log_of(1).into_iter().filter(|s| s.contains("forced-leave n2")).collect();
-    assert_eq!(forced, strings(&["dlm forced-leave n2 b0", "vdm forced-leave n2 b0"]));
+    assert_recovered_node_2_up_to_vdm(&mut c);
 }
 
 /// The disk arbitrates a broken interconnect: a joined node the master's link judge names is
